@@ -1,0 +1,14 @@
+"""mtiasim: how would this PyTorch model run on an MTIA-class accelerator, or on a GPU?
+
+>>> import mtiasim
+>>> r = mtiasim.simulate("dlrm-v2", chip="mtia-200", batch=2048)   # doctest: +SKIP
+>>> r.latency_s, r.energy_j, r.power_w, r.ops[0].bound              # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from mtiasim.api import simulate  # noqa: E402
+from mtiasim.chips import list_chips, load_chip  # noqa: E402
+from mtiasim.frontend.capture import capture  # noqa: E402
+
+__all__ = ["__version__", "capture", "list_chips", "load_chip", "simulate"]

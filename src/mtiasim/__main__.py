@@ -1,0 +1,3 @@
+from mtiasim.cli import main
+
+main()

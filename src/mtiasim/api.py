@@ -1,0 +1,99 @@
+"""The Python API: ``simulate(model_or_name, chip=..., ...)`` runs capture -> compile -> engine."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from mtiasim.chips import ChipSpec, load_chip
+from mtiasim.compiler import CompileOptions, Program, compile
+from mtiasim.engines import get_engine
+from mtiasim.engines.result import Result
+from mtiasim.frontend import zoo
+from mtiasim.frontend.capture import capture, capture_cached
+from mtiasim.graph.ir import Graph
+
+
+def workload_graph(name: str, *, batch: int | None = None, seq_len: int | None = None, phase: str | None = None,
+                   kv_len: int | None = None, allow_cpu_fallback: bool = False) -> tuple[Graph, zoo.Workload]:
+    """Capture (or load from the capture cache) a zoo model's graph."""
+    entry = zoo.get(name)
+    w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len)
+    graph = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
+                           allow_cpu_fallback=allow_cpu_fallback)
+    return graph, w
+
+
+def simulate(
+    model_or_name: str | torch.nn.Module,
+    chip: str | ChipSpec = "mtia-200",
+    batch: int | None = None,
+    seq_len: int | None = None,
+    example_inputs: Sequence[Any] | None = None,
+    engine: str = "analytical",
+    *,
+    dtype: str | None = None,
+    phase: str | None = None,
+    kv_len: int | None = None,
+    chip_overrides: Mapping[str, Any] | None = None,
+    allow_cpu_fallback: bool = False,
+    options: CompileOptions | None = None,
+) -> Result:
+    """Predict how ``model_or_name`` runs on ``chip``.
+
+    ``model_or_name`` is a zoo name (``"dlrm-v2"``, ``"llama2-70b"``; see ``mtiasim.frontend.zoo``)
+    or any ``nn.Module``, which then needs ``example_inputs`` (meta tensors are fine). For zoo LLMs
+    ``phase`` is ``"prefill"`` (default; ``seq_len`` prompt tokens) or ``"decode"`` (one token per
+    sequence with ``kv_len`` cached tokens). Returns a :class:`~mtiasim.engines.result.Result`.
+    """
+    spec = load_chip(chip, chip_overrides)
+    if isinstance(model_or_name, str):
+        graph, w = workload_graph(model_or_name, batch=batch, seq_len=seq_len, phase=phase, kv_len=kv_len,
+                                  allow_cpu_fallback=allow_cpu_fallback)
+        meta = dict(model=w.name, phase=w.phase, batch=w.batch, seq_len=w.seq_len, kv_len=w.kv_len,
+                    items=w.items, item_unit=w.item_unit)
+        default_dtype = w.default_dtype
+    elif isinstance(model_or_name, torch.nn.Module):
+        if example_inputs is None:
+            raise ValueError("simulate(module, ...) needs example_inputs (a tuple of tensors; meta tensors work)")
+        graph = capture(model_or_name, example_inputs, allow_cpu_fallback=allow_cpu_fallback)
+        first = next((t for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+        b = int(first.shape[0]) if first is not None else 1
+        meta = dict(model=type(model_or_name).__name__, phase=phase or "forward", batch=batch or b,
+                    seq_len=seq_len, kv_len=kv_len, items=batch or b, item_unit="sample")
+        default_dtype = "fp32" if dtype is None else dtype
+    else:
+        raise TypeError(f"model_or_name must be a zoo name or an nn.Module, got {type(model_or_name).__name__}")
+    opts = options or CompileOptions(dtype=dtype)
+    program = compile(graph, spec, opts, default_dtype=default_dtype)
+    return run_program(program, engine, dtype=opts.dtype or default_dtype, **meta)
+
+
+def run_program(program: Program, engine: str = "analytical", **meta: Any) -> Result:
+    cls: Callable[[Program], Any] = get_engine(engine)
+    return cls(program).run(**meta)
+
+
+def compare(model: str, chips: Sequence[str], *, batch: int | None = None, seq_len: int | None = None,
+            dtype: str | None = None, kv_len: int | None = None,
+            chip_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (chip, phase): every phase of a zoo model (prefill and decode for LLMs) on each chip.
+
+    For LLM decode the KV cache holds ``kv_len`` tokens (default: the prompt length)."""
+    entry = zoo.get(model)
+    rows = []
+    for chip in chips:
+        for ph in entry.phases:
+            r = simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=ph,
+                         kv_len=kv_len if ph == "decode" else None, chip_overrides=chip_overrides)
+            bounds = r.bound_breakdown_s()
+            rows.append({
+                "chip": r.chip, "phase": r.phase, "batch": r.batch, "seq_len": r.seq_len, "kv_len": r.kv_len,
+                "dtype": r.dtype, "latency_s": r.latency_s, "throughput_per_s": r.throughput_per_s,
+                "item_unit": r.item_unit, "energy_j": r.energy_j, "power_w": r.power_w,
+                "perf_per_w": r.perf_per_w, "clock_scale": r.clock_scale,
+                "dominant_bound": max(bounds, key=bounds.get) if bounds else "-",
+                "fits_in_memory": r.fits_in_memory, "notes": r.notes,
+            })
+    return rows

@@ -1,0 +1,123 @@
+"""Calibration data (``data/calibration/*.yaml``): typed, sourced, looked up per chip.
+
+Formulas in the engines never hold efficiency or energy literals; they ask this module.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mtiasim.chips.schema import ChipSpec
+
+Status = Literal["published", "derived", "estimate"]
+
+
+class CalValue(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: float = Field(ge=0)
+    source: str
+    status: Status = "published"
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _estimate_has_reason(self) -> CalValue:
+        if self.status == "estimate" and not self.note:
+            raise ValueError("an estimate needs a note with its reasoning")
+        return self
+
+
+class Fraction(CalValue):
+    value: float = Field(gt=0, le=1)
+
+
+class GemmPoint(BaseModel):
+    """A measured GEMM efficiency: ``measured_fraction`` of dense peak at ``shape`` = [M, N, K]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    measured_fraction: float = Field(gt=0, le=1)
+    shape: tuple[int, int, int]
+    source: str
+    status: Status = "published"
+    note: str | None = None
+
+
+class EngineCalibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gemm_base_efficiency: dict[str, GemmPoint] = Field(default_factory=dict)
+    dram_efficiency: Fraction | None = None
+    sram_efficiency: Fraction | None = None
+    gather_dram_efficiency: Fraction | None = None
+    sparse_sram_hit_fraction: Fraction | None = None
+    vector_efficiency: Fraction | None = None
+    launch_overhead_s: CalValue | None = None
+
+
+class AnalyticalFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kinds: dict[str, EngineCalibration]
+    chips: dict[str, EngineCalibration] = Field(default_factory=dict)
+
+
+class PowerFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    static_fraction_of_tdp: Fraction
+    matrix_power_share: Fraction
+    vector_energy_per_op_ratio: CalValue
+    dram_j_per_byte: dict[str, CalValue]
+    sram_j_per_byte: CalValue
+    host_link_j_per_byte: CalValue
+    host_ops_per_s: CalValue
+    host_roundtrip_s: CalValue
+
+
+def _read(name: str) -> dict:
+    text = resources.files("mtiasim").joinpath("data", "calibration", name).read_text()
+    return yaml.safe_load(text)
+
+
+@lru_cache(maxsize=1)
+def analytical_file() -> AnalyticalFile:
+    try:
+        return AnalyticalFile.model_validate(_read("analytical.yaml"))
+    except ValidationError as e:
+        raise ValueError(f"data/calibration/analytical.yaml: {e}") from None
+
+
+@lru_cache(maxsize=1)
+def power_file() -> PowerFile:
+    try:
+        return PowerFile.model_validate(_read("power.yaml"))
+    except ValidationError as e:
+        raise ValueError(f"data/calibration/power.yaml: {e}") from None
+
+
+class ChipCalibration:
+    """Calibration resolved for one chip: the chip's own entry first, then its kind's defaults."""
+
+    FIELDS = ("dram_efficiency", "sram_efficiency", "gather_dram_efficiency", "sparse_sram_hit_fraction",
+              "vector_efficiency", "launch_overhead_s")
+
+    def __init__(self, chip: ChipSpec):
+        f = analytical_file()
+        own = f.chips.get(chip.name, EngineCalibration())
+        kind = f.kinds.get(chip.kind) or f.kinds["gpu"]
+        self.sources: dict[str, str] = {}
+        for field in self.FIELDS:
+            v = getattr(own, field) or getattr(kind, field)
+            if v is None:
+                raise ValueError(f"calibration for '{chip.name}' (kind {chip.kind}) lacks '{field}'")
+            setattr(self, field, v.value)
+            self.sources[field] = v.source
+        self.gemm_points = {**kind.gemm_base_efficiency, **own.gemm_base_efficiency}
+
+    def gemm_point(self, dtype: str) -> GemmPoint:
+        return self.gemm_points.get(dtype) or self.gemm_points["default"]
+
+
+def for_chip(chip: ChipSpec) -> ChipCalibration:
+    return ChipCalibration(chip)

@@ -1,0 +1,84 @@
+"""compile(graph, chip, options) -> Program: precision, fusion, tiling/mapping, memory placement."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mtiasim.calibration import for_chip
+from mtiasim.chips.schema import ChipSpec
+from mtiasim.compiler.fusion import find_kv_appends, group, kernel_work, view_bases
+from mtiasim.compiler.placement import plan
+from mtiasim.compiler.program import CompileOptions, GemmMapping, Kernel, MemoryPlan, Program, Traffic
+from mtiasim.compiler.quantize import activation_dtype, assign_dtypes, compute_dtype
+from mtiasim.compiler.tiling import map_gemm_on
+from mtiasim.graph.ir import Graph
+from mtiasim.graph.ops import get_op
+
+__all__ = ["CompileOptions", "GemmMapping", "Kernel", "MemoryPlan", "Program", "Traffic", "compile"]
+
+
+def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
+            default_dtype: str = "bf16") -> Program:  # noqa: A001  (the pipeline's verb)
+    options = options or CompileOptions()
+    requested = options.dtype or default_dtype
+    notes: list[str] = []
+
+    appends, cached_keys, cache_inputs = find_kv_appends(graph)
+    graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype)
+    nodes = []
+    for n in graph.nodes:
+        if n.name in appends:
+            n = replace(n, op="kv_append")
+        elif n.name in cached_keys:
+            n = replace(n, attrs={**n.attrs, "kv_cache_len": cached_keys[n.name]})
+        nodes.append(n)
+    graph = Graph(graph.name, graph.tensors, nodes, graph.inputs, graph.outputs, graph.meta)
+
+    mdtype = compute_dtype(chip, requested)
+    if mdtype != requested:
+        notes.append(f"{chip.name} has no {requested} matrix engine; computing in {mdtype} "
+                     f"(weights stay {requested} in memory)")
+    vdtype = activation_dtype(requested)
+    adtype = compute_dtype(chip, vdtype)  # attention runs in the activation precision
+
+    base = view_bases(graph)
+    groups = group(graph, options.fuse, appends)
+    owner = {base.get(o, o): i for i, g in enumerate(groups) for n in g for o in n.outputs}
+    external: dict[int, set[str]] = {i: set() for i in range(len(groups))}
+    for i, g in enumerate(groups):
+        for n in g:
+            for t in n.inputs:
+                b = base.get(t, t)
+                if b in owner and owner[b] != i:
+                    external[owner[b]].add(b)
+    for t in graph.outputs:
+        b = base.get(t, t)
+        if b in owner:
+            external[owner[b]].add(b)
+
+    kernels = []
+    for i, g in enumerate(groups):
+        work = kernel_work(graph, g, base, external[i])
+        anchor = g[0]
+        k = Kernel(name=anchor.name, op=anchor.op, nodes=g, work=work,
+                   compute_dtype=adtype if anchor.op == "attention" else (
+                       mdtype if get_op(anchor.op).engine == "matrix" else vdtype),
+                   vector_dtype=vdtype, source=anchor.source, on_host=anchor.op == "cpu_fallback")
+        k.mappings = [map_gemm_on(chip, gm) for gm in work.gemms]
+        kernels.append(k)
+
+    cal = for_chip(chip)
+    pinned, reserve = plan(graph, chip, kernels, base, cal, options.pin_weights_in_sram)
+    kv_bytes = sum(graph.tensors[t].nbytes for t in cache_inputs)
+    weights = graph.param_bytes()
+    mem = MemoryPlan(weight_bytes=weights, kv_cache_bytes=kv_bytes, peak_activation_bytes=reserve,
+                     dram_capacity_bytes=chip.dram.capacity_bytes.value or 0.0, sram_pinned_bytes=pinned,
+                     sram_capacity_bytes=chip.sram_bytes)
+    if not mem.fits:
+        notes.append(f"does not fit: weights {weights / 1e9:.1f} GB + KV cache {kv_bytes / 1e9:.1f} GB + "
+                     f"activations {reserve / 1e9:.2f} GB > {mem.dram_capacity_bytes / 1e9:.0f} GB "
+                     f"{chip.dram.type} on {chip.name} (shard it over several chips)")
+    if any(k.on_host for k in kernels):
+        notes.append("ops run on the host CPU: " + ", ".join(sorted({k.nodes[0].attrs['aten'] for k in kernels
+                                                                     if k.on_host})))
+    return Program(graph, chip, options, kernels, mem, notes)

@@ -1,0 +1,122 @@
+"""Fusion pass: group IR nodes into kernels.
+
+- Views and constants are free and vanish (their consumers read the underlying bytes).
+- ``cat([cache, new])`` feeding an attention's K or V, with the cache coming from a graph input,
+  becomes an in-place ``kv_append`` (paged KV cache): only the new rows move, and the attention
+  learns how many keys came from the cache.
+- A pointwise node (or a concat) is fused into the kernel that produces one of its inputs when
+  that intermediate has no other consumer (epilogue fusion, as TorchInductor and the MTIA graph
+  compiler do): the intermediate is never written to or read from memory.
+Kernel work is then the sum of its nodes' work, minus traffic to tensors internal to the kernel.
+"""
+
+from __future__ import annotations
+
+from mtiasim.graph.ir import Graph, Node
+from mtiasim.graph.ops import get_op
+from mtiasim.graph.ops.base import Work
+
+
+def view_bases(graph: Graph) -> dict[str, str]:
+    """tensor -> the tensor that owns its storage (through chains of views)."""
+    base: dict[str, str] = {}
+    for node in graph.nodes:
+        if get_op(node.op).is_view and node.inputs:
+            root = base.get(node.inputs[0], node.inputs[0])
+            for o in node.outputs:
+                base[o] = root
+    return base
+
+
+def find_kv_appends(graph: Graph) -> tuple[set[str], dict[str, int], set[str]]:
+    """(concat nodes that are KV-cache appends, attention node -> cached keys, cache inputs)."""
+    base = view_bases(graph)
+    by_out = {o: n for n in graph.nodes for o in n.outputs}
+    appends: set[str] = set()
+    cached: dict[str, int] = {}
+    cache_inputs: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "attention":
+            continue
+        for t in node.inputs[1:3]:
+            src = by_out.get(t)
+            while src is not None and get_op(src.op).is_view:
+                src = by_out.get(src.inputs[0])
+            if src is None or src.op != "concat" or len(src.inputs) != 2:
+                continue
+            root = base.get(src.inputs[0], src.inputs[0])
+            if graph.tensors[root].kind != "input":
+                continue
+            appends.add(src.name)
+            cache_inputs.add(root)
+            dim = src.attrs.get("dim", 0)
+            cached[node.name] = graph.tensors[src.inputs[0]].shape[dim]
+    return appends, cached, cache_inputs
+
+
+def _fusable(node: Node) -> bool:
+    return get_op(node.op).pointwise or node.op == "concat"
+
+
+def group(graph: Graph, fuse: bool, kv_appends: set[str]) -> list[list[Node]]:
+    base = view_bases(graph)
+    consumers: dict[str, int] = {}
+    for node in graph.nodes:
+        if get_op(node.op).is_view:
+            continue
+        for t in node.inputs:
+            b = base.get(t, t)
+            consumers[b] = consumers.get(b, 0) + 1
+    for t in graph.outputs:
+        consumers[base.get(t, t)] = consumers.get(base.get(t, t), 0) + 1
+
+    groups: list[list[Node]] = []
+    owner: dict[str, int] = {}  # tensor -> index of the group producing it
+    for node in graph.nodes:
+        op = get_op(node.op)
+        if op.is_view or node.op == "const":
+            continue
+        target = None
+        if fuse and _fusable(node) and node.name not in kv_appends:
+            for t in node.inputs:
+                b = base.get(t, t)
+                g = owner.get(b)
+                if g is not None and consumers.get(b, 0) == 1 and groups[g][0].op not in ("cpu_fallback", "kv_append"):
+                    target = g
+                    break
+        if target is None:
+            groups.append([node])
+            target = len(groups) - 1
+        else:
+            groups[target].append(node)
+        for o in node.outputs:
+            owner[o] = target
+    return groups
+
+
+def kernel_work(graph: Graph, nodes: list[Node], base: dict[str, str], external: set[str]) -> Work:
+    """Sum of the nodes' work, without traffic to tensors produced and consumed inside the kernel.
+
+    ``external`` are tensors (storage bases) that are needed outside this kernel."""
+    produced = {base.get(o, o) for n in nodes for o in n.outputs}
+    total = Work()
+    for n in nodes:
+        op = get_op(n.op)
+        ins = [graph.tensors[t] for t in n.inputs]
+        outs = [graph.tensors[t] for t in n.outputs]
+        w = op.work(ins, outs, n.attrs)
+        total.matrix_flops += w.matrix_flops
+        total.vector_flops += w.vector_flops
+        total.gemms.extend(w.gemms)
+        for key, b in w.bytes_read.items():
+            t = n.inputs[int(key[2:])]
+            if base.get(t, t) in produced:
+                continue
+            total.bytes_read[t] = total.bytes_read.get(t, 0.0) + b
+            if key in w.gather:
+                total.gather[t] = w.gather[key]
+        for key, b in w.bytes_written.items():
+            t = n.outputs[int(key[3:])]
+            if n.op == "kv_append" or base.get(t, t) in external:
+                total.bytes_written[t] = total.bytes_written.get(t, 0.0) + b
+    return total

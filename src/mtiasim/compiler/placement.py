@@ -1,0 +1,70 @@
+"""Memory placement: what lives in on-chip SRAM and what streams from DRAM.
+
+Policy (ISCA'25 section 5.4's LLS/LLC autotune, simplified):
+1. Weights (parameters of non-embedding ops) are pinned in SRAM first-fit-decreasing, within
+   the SRAM left after reserving room for the largest kernel's activations. Pinned weights are
+   read from SRAM on every run; the rest stream from DRAM once per run.
+2. Activations whose size fits the activation reserve live in SRAM; larger ones go to DRAM.
+3. Embedding tables: a table that fits the SRAM left over is served from SRAM; otherwise a
+   fraction ``max(sparse_sram_hit_fraction, free/table)`` of its row reads hit SRAM (hot rows,
+   LLC) and the rest are random DRAM reads.
+4. CPU-fallback kernels move their inputs and outputs over the host link.
+Graph inputs (features, token ids, the KV cache) start in DRAM.
+"""
+
+from __future__ import annotations
+
+from mtiasim.calibration import ChipCalibration
+from mtiasim.chips.schema import ChipSpec
+from mtiasim.compiler.program import Kernel, Traffic
+from mtiasim.graph.ir import Graph
+
+
+def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, str], cal: ChipCalibration,
+         pin_weights: bool) -> tuple[float, float]:
+    """Fill each kernel's ``traffic``. Returns (sram bytes pinned by weights, activation reserve)."""
+    sram = chip.sram_bytes
+    gathered = {base.get(t, t) for k in kernels for t in k.work.gather}
+    largest_kernel = max((sum(graph.tensors[t].nbytes for t in k.work.bytes_read
+                              if graph.tensors[base.get(t, t)].kind == "activation")
+                          + sum(k.work.bytes_written.values()) for k in kernels), default=0.0)
+    reserve = min(largest_kernel, sram / 2)
+    weights = sorted(((graph.tensors[t].nbytes, t) for t in graph.params() if t not in gathered), reverse=True)
+    pinned: set[str] = set()
+    free = sram - reserve
+    if pin_weights:
+        for size, t in weights:
+            if size <= free:
+                pinned.add(t)
+                free -= size
+    pinned_bytes = sram - reserve - free
+
+    for k in kernels:
+        tr = Traffic()
+        if k.on_host:
+            tr.host_bytes = k.work.bytes
+            k.traffic = tr
+            continue
+        for t, b in k.work.bytes_read.items():
+            root = base.get(t, t)
+            spec = graph.tensors[root]
+            if t in k.work.gather:
+                table = spec.nbytes
+                hit = 1.0 if table <= free else max(cal.sparse_sram_hit_fraction, free / table if table else 1.0)
+                hit = hit if sram > 0 else 0.0
+                tr.sram_bytes += b * hit
+                tr.dram_gather_bytes += b * (1.0 - hit)
+            elif root in pinned:
+                tr.sram_bytes += b
+            elif spec.kind == "activation" and spec.nbytes <= reserve:
+                tr.sram_bytes += b
+            else:
+                tr.dram_bytes += b
+        for t, b in k.work.bytes_written.items():
+            spec = graph.tensors[base.get(t, t)]
+            if spec.kind == "activation" and spec.nbytes <= reserve:
+                tr.sram_bytes += b
+            else:
+                tr.dram_bytes += b
+        k.traffic = tr
+    return pinned_bytes, reserve

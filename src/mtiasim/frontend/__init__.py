@@ -1,0 +1,1 @@
+"""PyTorch frontend: capture (torch.export -> IR) and the model zoo."""

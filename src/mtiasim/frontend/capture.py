@@ -1,0 +1,189 @@
+"""PyTorch in: ``torch.export`` a module (on meta/fake tensors) and lower it to the IR graph."""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+
+import mtiasim.frontend.custom_ops  # noqa: F401  (registers the fused ops before export)
+from mtiasim.frontend.lowering import IGNORED, RULES
+from mtiasim.graph.dtypes import from_torch
+from mtiasim.graph.ir import Graph, Node, TensorSpec
+
+_KIND = {"PARAMETER": "param", "BUFFER": "buffer", "USER_INPUT": "input", "CONSTANT_TENSOR": "const",
+         "CUSTOM_OBJ": "const", "TOKEN": "const"}
+
+
+class CaptureError(RuntimeError):
+    """A module could not be captured: names each op (and its source line) that blocks it."""
+
+
+def _source(n: torch.fx.Node) -> str | None:
+    trace = n.meta.get("stack_trace")
+    if not trace:
+        return None
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', trace)
+    if not frames:
+        return None
+    path, line, fn, code = frames[-1]
+    return f"{path}:{line} in {fn}: {code.strip()}"
+
+
+def _packet(target: Any) -> str:
+    s = str(target)  # "aten.linear.default" / "mtiasim.tbe.default"
+    return s.rsplit(".", 1)[0] if s.count(".") >= 2 else s
+
+
+def _spec(val: Any, kind: str = "activation") -> TensorSpec:
+    try:
+        shape = tuple(int(d) for d in val.shape)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise ValueError(f"data-dependent or dynamic shape {tuple(val.shape)}") from e
+    return TensorSpec(shape, from_torch(val.dtype), kind)  # type: ignore[arg-type]
+
+
+def _template(a: Any, names: dict[str, str]) -> Any:
+    if isinstance(a, torch.fx.Node):
+        return ("__tensor__", names[a.name])
+    if isinstance(a, (list, tuple)):
+        return type(a)(_template(x, names) for x in a)
+    return a
+
+
+def capture(module: torch.nn.Module, example_inputs: Sequence[Any], *, name: str | None = None,
+            allow_cpu_fallback: bool = False) -> Graph:
+    """Export ``module`` with ``example_inputs`` (meta, fake or real tensors) to an IR :class:`Graph`.
+
+    Unsupported aten ops raise :class:`CaptureError` naming each op and its source line, unless
+    ``allow_cpu_fallback`` is set, in which case they become ``cpu_fallback`` nodes that run on
+    the host (and are charged for it)."""
+    module = module.eval()
+    try:
+        ep = torch.export.export(module, tuple(example_inputs), strict=False)
+    except Exception as e:  # torch raises many types; keep its message, which names the user line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CaptureError(
+            f"torch.export could not trace {type(module).__name__}: {type(e).__name__}: {first}\n"
+            "(data-dependent control flow or shapes cannot be captured statically; see the traceback above)"
+        ) from e
+    return lower(ep, name=name or type(module).__name__, allow_cpu_fallback=allow_cpu_fallback)
+
+
+def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bool = False) -> Graph:
+    kinds = {s.arg.name: _KIND.get(s.kind.name, "input") for s in ep.graph_signature.input_specs
+             if hasattr(s.arg, "name")}
+    tensors: dict[str, TensorSpec] = {}
+    names: dict[str, str] = {}  # fx node name -> IR tensor name
+    nodes: list[Node] = []
+    inputs: list[str] = []
+    problems: list[str] = []
+    outputs: list[str] = []
+
+    for n in ep.graph.nodes:
+        if n.op == "placeholder":
+            val = n.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                tensors[n.name] = _spec(val, kinds.get(n.name, "input"))
+                names[n.name] = n.name
+                if tensors[n.name].kind == "input":
+                    inputs.append(n.name)
+            continue
+        if n.op == "output":
+            flat: list[torch.fx.Node] = []
+            torch.fx.node.map_arg(n.args[0], flat.append)
+            outputs = [names[o.name] for o in flat if o.name in names]
+            continue
+        if n.op != "call_function":
+            continue
+        if n.target is operator.getitem:
+            src, idx = n.args
+            names[n.name] = f"{src.name}:{idx}"
+            continue
+        packet = _packet(n.target)
+        if packet in IGNORED:
+            continue
+        try:
+            val = n.meta.get("val")
+            vals = list(val) if isinstance(val, (list, tuple)) else [val]
+            out_specs = [_spec(v) for v in vals if isinstance(v, torch.Tensor)]
+        except ValueError as e:
+            problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}: {e}")
+            continue
+        multi = isinstance(val, (list, tuple))
+        out_names = [f"{n.name}:{i}" for i in range(len(out_specs))] if multi else [n.name]
+        if not multi:
+            names[n.name] = n.name
+        for o, s in zip(out_names, out_specs):
+            tensors[o] = s
+        call = (str(n.target), _template(n.args, names), _template(dict(n.kwargs), names))
+        rule = RULES.get(packet)
+        if rule is None:
+            if not allow_cpu_fallback:
+                problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}")
+                continue
+            ins = [names[a.name] for a in n.all_input_nodes if a.name in names]
+            nodes.append(Node(n.name, "cpu_fallback", ins, out_names,
+                              {"aten": packet, "shapes": [s.shape for s in out_specs],
+                               "dtypes": [s.dtype for s in out_specs], "call": call},
+                              _source(n), packet))
+            continue
+        op, targs, attrs = rule(n)
+        ins = [names[t.name] for t in targs if t is not None]
+        src = _source(n)
+        if op == "moe_ffn":  # one fused kernel in PyTorch, two ops (routing, experts) in the IR
+            x, router, w1, w3, w2 = ins
+            g, e = f"{n.name}.gates", f"{n.name}.experts"
+            t = tensors[x].shape[0]
+            tensors[g] = TensorSpec((t, attrs["top_k"]), "fp32")
+            tensors[e] = TensorSpec((t, attrs["top_k"]), "int64")
+            nodes.append(Node(f"{n.name}.router", "moe_router", [x, router], [g, e], dict(attrs), src, packet))
+            nodes.append(Node(n.name, "moe_expert_ffn", [x, g, e, w1, w3, w2], out_names[:1], dict(attrs), src, packet))
+            continue
+        n_out = 1 if op in ("embedding_bag", "layernorm") else len(out_names)
+        attrs["call"] = call
+        nodes.append(Node(n.name, op, ins, out_names[:n_out], attrs, src, packet))
+
+    if problems:
+        raise CaptureError(
+            f"{name}: {len(problems)} op(s) cannot be lowered to mtiasim's IR:\n" + "\n".join(problems)
+            + "\nPass --allow-cpu-fallback (allow_cpu_fallback=True) to run unsupported ops on the host."
+        )
+    return Graph(name=name, tensors=tensors, nodes=nodes, inputs=inputs, outputs=outputs)
+
+
+# ---- capture cache ------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    return Path(os.environ.get("MTIASIM_CACHE_DIR", Path.home() / ".cache" / "mtiasim")) / "graphs"
+
+
+def capture_cached(key: str, build: Any, *, name: str, allow_cpu_fallback: bool = False) -> Graph:
+    """Capture once per ``key`` (a string that defines the graph) and reuse it from disk.
+
+    ``build()`` returns ``(module, example_inputs)`` and is only called on a miss."""
+    from mtiasim import __version__
+
+    digest = hashlib.sha256(f"{key}|torch={torch.__version__}|mtiasim={__version__}|fb={allow_cpu_fallback}"
+                            .encode()).hexdigest()[:24]
+    path = cache_dir() / f"{digest}.pkl"
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                return pickle.load(f)
+        except Exception:  # a corrupt or stale cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    module, inputs = build()
+    graph = capture(module, inputs, name=name, allow_cpu_fallback=allow_cpu_fallback)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with tmp.open("wb") as f:
+        pickle.dump(graph, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return graph

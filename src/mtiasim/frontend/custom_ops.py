@@ -1,0 +1,102 @@
+"""Fused PyTorch operators that production stacks ship as single kernels.
+
+Recommendation and MoE models are not run op-by-op in production: FBGEMM's table-batched
+embedding (TBE), TorchRec's DCNv2 cross layer and vLLM's ``fused_moe`` are single kernels. We
+register them as ``torch.library`` custom ops with a reference implementation (used for numerics)
+and a fake implementation (used by ``torch.export`` on meta tensors), so a captured graph shows
+them as one node each and the op registry can charge them as one kernel.
+
+All are usable from any ``nn.Module``: ``torch.ops.mtiasim.tbe(...)`` etc.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.library.custom_op("mtiasim::tbe", mutates_args=())
+def tbe(indices: Tensor, weights: Tensor, pooling_factors: list[int], rows: list[int]) -> Tensor:
+    """Table-batched embedding bag, sum pooling, fixed pooling factor per table.
+
+    ``weights`` is all tables stacked row-wise ([sum(rows), D]); ``indices`` is
+    [B, sum(pooling_factors)], table ``t``'s ``pooling_factors[t]`` columns index into that table's
+    rows. Returns [B, T, D] (the dense T x B x D layout of ISCA'25 section 5.4, batch-major).
+    """
+    outs = []
+    col, row0 = 0, 0
+    for pf, nrows in zip(pooling_factors, rows):
+        idx = indices[:, col : col + pf] + row0
+        outs.append(weights[idx].sum(dim=1))
+        col += pf
+        row0 += nrows
+    return torch.stack(outs, dim=1)
+
+
+@tbe.register_fake
+def _tbe_fake(indices: Tensor, weights: Tensor, pooling_factors: list[int], rows: list[int]) -> Tensor:
+    torch._check(indices.shape[1] == sum(pooling_factors))
+    return weights.new_empty((indices.shape[0], len(pooling_factors), weights.shape[1]))
+
+
+@torch.library.custom_op("mtiasim::dcn_cross", mutates_args=())
+def dcn_cross(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """One low-rank DCNv2 cross layer: ``x0 * (V(U(xl)) + b) + xl``.
+
+    ``u``: [r, D] (down-projection), ``v``: [D, r] (up-projection), ``bias``: [D]
+    (TorchRec ``LowRankCrossNet``; Wang et al., "DCN V2", WWW'21, eq. 1 with W = V U).
+    """
+    return x0 * (F.linear(F.linear(xl, u), v, bias)) + xl
+
+
+@dcn_cross.register_fake
+def _dcn_fake(x0: Tensor, xl: Tensor, u: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    return torch.empty_like(xl)
+
+
+@torch.library.custom_op("mtiasim::dot_interaction", mutates_args=())
+def dot_interaction(dense: Tensor, sparse: Tensor) -> Tensor:
+    """DLRM pairwise dot-product feature interaction (Naumov et al., arXiv 1906.00091).
+
+    ``dense``: [B, D], ``sparse``: [B, T, D]. Returns [B, D + F(F-1)/2] with F = T + 1: the dense
+    vector followed by the strictly-lower triangle of the F x F Gram matrix.
+    """
+    feats = torch.cat([dense.unsqueeze(1), sparse], dim=1)
+    gram = torch.bmm(feats, feats.transpose(1, 2))
+    n = feats.shape[1]
+    li, lj = torch.tril_indices(n, n, offset=-1, device=feats.device)
+    return torch.cat([dense, gram[:, li, lj]], dim=1)
+
+
+@dot_interaction.register_fake
+def _dot_fake(dense: Tensor, sparse: Tensor) -> Tensor:
+    n = sparse.shape[1] + 1
+    return dense.new_empty((dense.shape[0], dense.shape[1] + n * (n - 1) // 2))
+
+
+@torch.library.custom_op("mtiasim::moe_ffn", mutates_args=())
+def moe_ffn(x: Tensor, router: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, top_k: int) -> Tensor:
+    """Mixture-of-experts SwiGLU FFN with top-k softmax routing (Mixtral, arXiv 2401.04088).
+
+    ``x``: [T, D]; ``router``: [E, D]; ``w1``/``w3``: [E, F, D]; ``w2``: [E, D, F].
+    Each token goes to its ``top_k`` highest-scoring experts, weighted by the softmax over those
+    ``top_k`` logits (Mixtral's formulation).
+    """
+    logits = F.linear(x, router)
+    vals, idx = torch.topk(logits, top_k, dim=-1)
+    gates = torch.softmax(vals, dim=-1)
+    out = torch.zeros_like(x)
+    for e in range(router.shape[0]):
+        tok, slot = torch.nonzero(idx == e, as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        h = x[tok]
+        y = F.linear(F.silu(F.linear(h, w1[e])) * F.linear(h, w3[e]), w2[e])
+        out.index_add_(0, tok, y * gates[tok, slot].unsqueeze(-1))
+    return out
+
+
+@moe_ffn.register_fake
+def _moe_fake(x: Tensor, router: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, top_k: int) -> Tensor:
+    return torch.empty_like(x)

@@ -1,0 +1,112 @@
+"""Attention (with GQA and a KV cache), softmax and rotary embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mtiasim.graph.ir import TensorSpec
+from mtiasim.graph.ops.base import GemmShape, OpDef, Work, register_op
+
+
+def score_pairs(s: int, l: int, causal: bool) -> int:
+    """Query-key pairs an attention evaluates. Non-causal: S*L. Causal with the S queries at the
+    end of the L keys (prefill, with or without earlier context): S*(L-S) + S*(S+1)/2."""
+    if not causal:
+        return s * l
+    return s * (l - s) + s * (s + 1) // 2
+
+
+@register_op
+class Attention(OpDef):
+    """Fused (flash-style) attention. q [B, H, S, hd], k [B, Hkv, L, hd], v [B, Hkv, L, hdv],
+    H a multiple of Hkv (GQA). Attributes: ``causal``, ``scale``, ``kv_cache_len`` (the first
+    L - S keys come from a KV cache; set by the compiler's KV-cache pass).
+
+    Flops: 2*B*H*pairs*hd (QK^T) + 2*B*H*pairs*hdv (PV) on the matrix engine, ~5 per score on
+    the vector engine (scale, max, exp, sum, normalise). Q, K, V are read once and O written once:
+    K/V are shared by the H/Hkv query heads of a group."""
+
+    name = "attention"
+    engine = "matrix"
+
+    def infer(self, inputs, attrs):
+        q, k, v = inputs[:3]
+        if len(q.shape) != 4 or len(k.shape) != 4 or len(v.shape) != 4:
+            raise self.fail(f"expects 4-D [B, H, S, hd] q/k/v, got {q.shape}, {k.shape}, {v.shape}")
+        if q.shape[1] % k.shape[1] or k.shape[2] != v.shape[2] or q.shape[3] != k.shape[3]:
+            raise self.fail(f"q {q.shape}, k {k.shape}, v {v.shape} are not a valid (GQA) attention")
+        return [TensorSpec((*q.shape[:3], v.shape[3]), q.dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        q, k, v = inputs[:3]
+        b, h, s, hd = q.shape
+        l, hdv = k.shape[2], v.shape[3]
+        pairs = score_pairs(s, l, bool(attrs.get("causal", False)))
+        gemms = [GemmShape(b * h, s, l, hd), GemmShape(b * h, s, hdv, l)]
+        full = sum(g.flops for g in gemms)
+        frac = pairs / (s * l)
+        # scale the tile shapes' flops to the causal fraction by trimming the key length
+        gemms = [GemmShape(g.batch, g.m, max(1, round(g.n * frac)) if i == 0 else g.n,
+                           g.k if i == 0 else max(1, round(g.k * frac))) for i, g in enumerate(gemms)]
+        return Work(matrix_flops=full * frac, vector_flops=5.0 * b * h * pairs,
+                    bytes_read={f"in{i}": t.nbytes for i, t in enumerate(inputs)},
+                    bytes_written={"out0": outputs[0].nbytes}, gemms=gemms)
+
+    def reference(self, q, k, v, attn_mask=None, causal=False, scale=None, **_):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+
+@register_op
+class Softmax(OpDef):
+    """Softmax over ``dim``: max, subtract, exp, sum, divide: ~5 flops per element."""
+
+    name = "softmax"
+
+    def infer(self, inputs, attrs):
+        return [TensorSpec(inputs[0].shape, inputs[0].dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        w = super().work(inputs, outputs, attrs)
+        w.vector_flops = 5.0 * inputs[0].numel
+        return w
+
+    def reference(self, x, dim=-1, **_):
+        return torch.softmax(x, dim=dim)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+@register_op
+class RoPE(OpDef):
+    """Rotary position embedding (Su et al., RoFormer) on the first ``rotary_dim`` channels:
+    x*cos + rotate_half(x)*sin. x [..., S, hd], cos/sin [S, rotary_dim]. 3 flops per rotated element.
+
+    Captured models usually arrive as the pointwise ops RoPE decomposes into; the compiler fuses
+    those into one kernel. This op exists for graphs built directly in the IR."""
+
+    name = "rope"
+    pointwise = True
+
+    def infer(self, inputs, attrs):
+        x, cos, sin = inputs
+        if cos.shape != sin.shape or cos.shape[-1] > x.shape[-1]:
+            raise self.fail(f"cos {cos.shape} / sin {sin.shape} do not fit x {x.shape}")
+        return [TensorSpec(x.shape, x.dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        w = super().work(inputs, outputs, attrs)
+        x, cos = inputs[0], inputs[1]
+        w.vector_flops = 3.0 * x.numel * cos.shape[-1] / x.shape[-1]
+        return w
+
+    def reference(self, x, cos, sin, **_):
+        r = cos.shape[-1]
+        xr, xp = x[..., :r], x[..., r:]
+        return torch.cat([xr * cos + rotate_half(xr) * sin, xp], dim=-1)
+
+

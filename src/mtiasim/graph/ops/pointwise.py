@@ -1,0 +1,118 @@
+"""Pointwise (elementwise) ops, normalisations and reductions: vector-engine work.
+
+Flops per element are operation counts of a straightforward implementation (e.g. RMSNorm:
+square, sum, scale, multiply = 4). Transcendental functions count as a few ops each, as SIMD
+engines evaluate them with lookup tables plus a polynomial step (ISCA'25 section 3.2: the SIMD
+engine has LUTs for nonlinear functions). These are definitional counts, not calibration: time on
+a chip comes from the chip's vector peak and the engine's efficiency data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from mtiasim.graph.ir import TensorSpec
+from mtiasim.graph.ops.base import OpDef, broadcast_shapes, register_op, stream_work
+
+
+class Pointwise(OpDef):
+    pointwise = True
+    flops_per_element: float = 1.0
+    fn: Callable[..., Any]
+
+    def infer(self, inputs, attrs):
+        tensors = [t for t in inputs]
+        shape = broadcast_shapes(*(t.shape for t in tensors))
+        dtype = attrs.get("dtype") or next((t.dtype for t in tensors if t.dtype not in ("bool", "int64")),
+                                           tensors[0].dtype)
+        if attrs.get("predicate"):
+            dtype = "bool"
+        return [TensorSpec(shape, dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        return stream_work(inputs, outputs, vector_flops=self.flops_per_element * outputs[0].numel)
+
+    def reference(self, *tensors, **attrs):
+        return type(self).fn(*tensors)
+
+
+def _pointwise(name: str, flops: float, fn: Callable[..., Any]) -> None:
+    cls = type(f"Pointwise_{name}", (Pointwise,), {"name": name, "flops_per_element": flops, "fn": staticmethod(fn)})
+    register_op(cls)
+
+
+# binary / ternary arithmetic: one op per output element
+for _name, _fn in {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "maximum": torch.maximum,
+    "minimum": torch.minimum, "pow": torch.pow, "where": torch.where, "eq": torch.eq, "lt": torch.lt,
+    "gt": torch.gt, "le": torch.le, "ge": torch.ge, "ne": torch.ne, "logical_and": torch.logical_and,
+}.items():
+    _pointwise(_name, 1.0, _fn)
+
+# unary: counts of a LUT + polynomial evaluation
+for _name, _flops, _fn in [
+    ("neg", 1, torch.neg), ("abs", 1, torch.abs), ("relu", 1, F.relu), ("cast", 1, lambda x: x),
+    ("reciprocal", 1, torch.reciprocal), ("sqrt", 2, torch.sqrt), ("rsqrt", 2, torch.rsqrt),
+    ("exp", 4, torch.exp), ("log", 4, torch.log), ("sin", 4, torch.sin), ("cos", 4, torch.cos),
+    ("tanh", 4, torch.tanh), ("sigmoid", 4, torch.sigmoid), ("silu", 5, F.silu), ("gelu", 8, F.gelu),
+    ("clamp", 2, torch.clamp), ("square", 1, torch.square),
+]:
+    _pointwise(_name, float(_flops), _fn)
+
+
+@register_op
+class RMSNorm(OpDef):
+    """x [..., D] * rsqrt(mean(x^2) + eps) * w: ~4 flops per element."""
+
+    name = "rmsnorm"
+
+    def infer(self, inputs, attrs):
+        return [TensorSpec(inputs[0].shape, inputs[0].dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        return stream_work(inputs, outputs, vector_flops=4.0 * inputs[0].numel)
+
+    def reference(self, x, weight=None, eps=None, normalized_shape=None, **_):
+        return F.rms_norm(x, normalized_shape or [x.shape[-1]], weight, eps)
+
+
+@register_op
+class LayerNorm(OpDef):
+    """(x - mean) / sqrt(var + eps) * w + b: ~8 flops per element."""
+
+    name = "layernorm"
+
+    def infer(self, inputs, attrs):
+        return [TensorSpec(inputs[0].shape, inputs[0].dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        return stream_work(inputs, outputs, vector_flops=8.0 * inputs[0].numel)
+
+    def reference(self, x, weight=None, bias=None, eps=1e-5, normalized_shape=None, **_):
+        return F.layer_norm(x, normalized_shape or [x.shape[-1]], weight, bias, eps)
+
+
+@register_op
+class Reduce(OpDef):
+    """Sum / mean / max over ``dims``: one op per input element."""
+
+    name = "reduce"
+
+    def infer(self, inputs, attrs):
+        x = inputs[0]
+        dims = {d % len(x.shape) for d in attrs.get("dims") or range(len(x.shape))}
+        keep = attrs.get("keepdim", False)
+        shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape) if keep or i not in dims)
+        return [TensorSpec(shape, x.dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        return stream_work(inputs, outputs, vector_flops=float(inputs[0].numel))
+
+    def reference(self, x, dims=None, keepdim=False, kind="sum", **_):
+        fn = {"sum": torch.sum, "mean": torch.mean, "amax": torch.amax}[kind]
+        return fn(x, dim=dims, keepdim=keepdim)
+
+

@@ -1,0 +1,108 @@
+"""Rich tables for results, comparisons and chip specs."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rich.table import Table
+
+from mtiasim.chips.schema import ChipSpec, Sourced
+from mtiasim.engines.result import Result
+
+
+def si(x: float | None, unit: str = "", digits: int = 3) -> str:
+    """1.23e-3 s -> '1.23 ms'; None -> 'n/a'."""
+    if x is None:
+        return "n/a"
+    prefixes = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"),
+                (1e-6, "µ"), (1e-9, "n")]
+    ax = abs(x)
+    if ax == 0:
+        return f"0 {unit}".strip()
+    for f, p in prefixes:
+        if ax >= f:
+            return f"{x / f:.{digits}g} {p}{unit}".strip()
+    return f"{x:.{digits}g} {unit}".strip()
+
+
+def ops_table(r: Result, top: int | None = None) -> Table:
+    t = Table(title=f"{r.model} ({r.phase}) on {r.chip}: per-kernel breakdown", show_lines=False)
+    for col in ("kernel", "op (+fused)", "dtype", "time", "%", "bound", "flops", "bytes", "DRAM", "GEMM eff"):
+        t.add_column(col, justify="right" if col not in ("kernel", "op (+fused)", "bound", "dtype") else "left")
+    ops = sorted(r.ops, key=lambda o: -o.time_s) if top else r.ops
+    for o in ops[:top] if top else ops:
+        t.add_row(o.name, o.op + (f" +{'+'.join(o.fused)}" if o.fused else ""), o.dtype, si(o.time_s, "s"),
+                  f"{100 * o.time_s / r.latency_s:.1f}" if r.latency_s else "-", o.bound, si(o.flops),
+                  si(o.bytes, "B"), si(o.dram_bytes, "B"),
+                  f"{o.gemm_efficiency:.2f}" if o.gemm_efficiency is not None else "")
+    return t
+
+
+def totals_table(r: Result) -> Table:
+    t = Table(title=f"{r.model} on {r.chip} ({r.engine} engine)", show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [
+        ("phase / batch / seq_len / kv_len", f"{r.phase} / {r.batch} / {r.seq_len} / {r.kv_len}"),
+        ("dtype", r.dtype),
+        ("latency", si(r.latency_s, "s")),
+        ("throughput", f"{si(r.throughput_per_s)} {r.throughput_unit}"),
+        ("energy per run", si(r.energy_j, "J")),
+        ("average power", f"{si(r.power_w, 'W')} (TDP {si(r.tdp_w, 'W')}, clock x{r.clock_scale:.2f})"),
+        ("perf/W", f"{si(r.perf_per_w)} {r.item_unit}s/J"),
+        ("flops", si(r.flops)),
+        ("memory needed / capacity", f"{si(r.memory_required_bytes, 'B')} / {si(r.memory_capacity_bytes, 'B')}"
+         + ("" if r.fits_in_memory else "  DOES NOT FIT")),
+    ]
+    for b, s in sorted(r.bound_breakdown_s().items()):
+        rows.append((f"time {b}-bound", f"{si(s, 's')} ({100 * s / r.latency_s:.0f}%)" if r.latency_s else "-"))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def compare_table(model: str, rows: list[dict[str, Any]]) -> Table:
+    t = Table(title=f"{model}: chips side by side")
+    cols = ["chip", "phase", "latency", "throughput", "power", "perf/W", "energy/run", "bound (most time)", "fits"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("chip", "phase", "bound (most time)", "fits") else "right")
+    for r in rows:
+        t.add_row(r["chip"], r["phase"], si(r["latency_s"], "s"),
+                  f"{si(r['throughput_per_s'])} {r['item_unit']}/s", si(r["power_w"], "W"),
+                  f"{si(r['perf_per_w'])} {r['item_unit']}/J", si(r["energy_j"], "J"), r["dominant_bound"],
+                  "yes" if r["fits_in_memory"] else "NO")
+    return t
+
+
+def chips_table(chips: Iterable[ChipSpec]) -> Table:
+    t = Table(title="chip presets")
+    for c in ("name", "vendor", "kind", "bf16 dense", "fp8", "int8", "DRAM", "DRAM BW", "SRAM", "TDP"):
+        t.add_column(c, justify="left" if c in ("name", "vendor", "kind") else "right")
+    for c in chips:
+        t.add_row(c.name, c.vendor, c.kind, si(c.peak("bf16"), "FLOP/s"), si(c.peak("fp8"), "FLOP/s"),
+                  si(c.peak("int8"), "OP/s"), si(c.dram.capacity_bytes.value, "B"),
+                  si(c.dram.bandwidth_bytes_per_s.value, "B/s"), si(c.sram_bytes or None, "B"),
+                  si(c.power.tdp_w.value, "W"))
+    return t
+
+
+def _walk(obj: Any, prefix: str = "") -> Iterable[tuple[str, Sourced]]:
+    if isinstance(obj, Sourced):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+    elif hasattr(obj, "model_fields"):
+        for k in type(obj).model_fields:
+            yield from _walk(getattr(obj, k), f"{prefix}.{k}" if prefix else k)
+
+
+def spec_table(chip: ChipSpec) -> Table:
+    t = Table(title=f"{chip.display_name} ({chip.name}): every number with its source")
+    for c in ("field", "value", "status", "source / note", "alternatives"):
+        t.add_column(c, overflow="fold")
+    for path, s in _walk(chip):
+        note = s.source + (f" — {s.note}" if s.note else "")
+        alts = "; ".join(f"{k}={v.value:g}" if v.value is not None else f"{k}=unknown" for k, v in s.alternatives.items())
+        t.add_row(path, "unknown" if s.value is None else f"{s.value:g}", s.status, note, alts)
+    return t
