@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -15,13 +16,27 @@ from mtiasim.frontend.capture import capture, capture_cached
 from mtiasim.graph.ir import Graph
 
 
+_GRAPHS: dict[tuple, tuple[Graph, zoo.Workload]] = {}
+_GRAPHS_MAX = 32
+
+
 def workload_graph(name: str, *, batch: int | None = None, seq_len: int | None = None, phase: str | None = None,
                    kv_len: int | None = None, allow_cpu_fallback: bool = False) -> tuple[Graph, zoo.Workload]:
-    """Capture (or load from the capture cache) a zoo model's graph."""
+    """A zoo model's graph: from this process's memo, else the on-disk capture cache, else captured.
+
+    The returned workload has its module dropped (``module=None``) so memoised entries stay small."""
+    key = (name.lower(), batch, seq_len, phase, kv_len, allow_cpu_fallback)
+    hit = _GRAPHS.get(key)
+    if hit is not None:
+        return hit
     entry = zoo.get(name)
     w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len)
     graph = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
                            allow_cpu_fallback=allow_cpu_fallback)
+    w = dataclasses.replace(w, module=None, example_inputs=())
+    if len(_GRAPHS) >= _GRAPHS_MAX:
+        _GRAPHS.pop(next(iter(_GRAPHS)))
+    _GRAPHS[key] = (graph, w)
     return graph, w
 
 

@@ -81,6 +81,8 @@ def parse_quantity(value: object, dimension: str) -> float:
         raise UnitError(f"cannot read {value!r} as a number with a unit")
     number, unit = float(m.group(1)), (m.group(2) or "").strip()
     table = UNITS[dimension]
+    if not unit:  # a bare number is already in the field's base unit
+        return number
     if unit in table:
         return number * table[unit]
     expected = ", ".join(sorted(u for u in table if u)[:8]) or "a bare number"

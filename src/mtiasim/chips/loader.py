@@ -123,9 +123,8 @@ def _set_leaf(chip: ChipSpec, path: str, parent: Any, key: str, child: Any, raw:
                 known = ", ".join(child.alternatives) or "none"
                 raise ChipError(f"--set {path}: no alternative '{label}' (documented: {known})")
             alt = child.alternatives[label]
-            old = Sourced.model_construct(value=child.value, source=child.source)
             alts = {k: v for k, v in child.alternatives.items() if k != label}
-            alts["preset-default"] = {"value": old.value, "source": old.source}
+            alts.setdefault("preset-default", {"value": child.value, "source": child.source})
             new = type(child)(value=alt.value, source=alt.source, status="published" if alt.value is not None
                               else "unknown", note=f"alternative '{label}' selected; {alt.note or ''}".strip(),
                               alternatives=alts)
@@ -134,8 +133,11 @@ def _set_leaf(chip: ChipSpec, path: str, parent: Any, key: str, child: Any, raw:
                 value = parse_quantity(raw, type(child).dimension)
             except UnitError as e:
                 raise ChipError(f"--set {path}: {e}") from None
+            alts = dict(child.alternatives)
+            alts.setdefault("preset-default", {"value": child.value, "source": child.source})
             new = type(child)(value=value, source="user override (--set)", status="estimate",
-                              note=f"set by the user; preset value was {child.value} from {child.source}")
+                              note=f"set by the user; preset value was {child.value} from {child.source}",
+                              alternatives=alts)
     elif isinstance(child, (int, float, str)) and not isinstance(child, bool):
         new = type(child)(raw)
     else:

@@ -94,6 +94,23 @@ def group(graph: Graph, fuse: bool, kv_appends: set[str]) -> list[list[Node]]:
     return groups
 
 
+_WORK: dict[tuple, Work] = {}
+
+
+def node_work(graph: Graph, n: Node) -> Work:
+    """``OpDef.work`` of a node, memoised on (op, operand specs, attributes): the layers of a
+    transformer repeat the same few shapes. Callers must not mutate the returned Work."""
+    ins = tuple(graph.tensors[t] for t in n.inputs)
+    outs = tuple(graph.tensors[t] for t in n.outputs)
+    key = (n.op, ins, outs, repr(sorted((k, v) for k, v in n.attrs.items() if k != "call")))
+    w = _WORK.get(key)
+    if w is None:
+        if len(_WORK) > 100_000:
+            _WORK.clear()
+        w = _WORK[key] = get_op(n.op).work(list(ins), list(outs), n.attrs)
+    return w
+
+
 def kernel_work(graph: Graph, nodes: list[Node], base: dict[str, str], external: set[str]) -> Work:
     """Sum of the nodes' work, without traffic to tensors produced and consumed inside the kernel.
 
@@ -101,10 +118,7 @@ def kernel_work(graph: Graph, nodes: list[Node], base: dict[str, str], external:
     produced = {base.get(o, o) for n in nodes for o in n.outputs}
     total = Work()
     for n in nodes:
-        op = get_op(n.op)
-        ins = [graph.tensors[t] for t in n.inputs]
-        outs = [graph.tensors[t] for t in n.outputs]
-        w = op.work(ins, outs, n.attrs)
+        w = node_work(graph, n)
         total.matrix_flops += w.matrix_flops
         total.vector_flops += w.vector_flops
         total.gemms.extend(w.gemms)

@@ -9,12 +9,14 @@ K has tiles to split. Efficiency = (useful MACs / padded MACs) x (busy slots / a
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from mtiasim.chips.schema import ChipSpec
 from mtiasim.compiler.program import GemmMapping
 from mtiasim.graph.ops.base import GemmShape
 
 
+@lru_cache(maxsize=65536)
 def map_gemm(g: GemmShape, units: int, tm: int, tn: int, tk: int) -> GemmMapping:
     mt, nt, kt = math.ceil(g.m / tm), math.ceil(g.n / tn), math.ceil(g.k / tk)
     pad = (g.m * g.n * g.k) / (mt * tm * nt * tn * kt * tk)
@@ -38,10 +40,14 @@ def tile_candidates(tm: int, tn: int) -> list[tuple[int, int]]:
 def map_gemm_on(chip: ChipSpec, g: GemmShape) -> GemmMapping:
     """Best mapping of ``g`` over the chip's tile candidates (ties go to the larger tile)."""
     t = chip.compute.gemm_tile
-    units = int(chip.compute.units.value or 1)
+    return _best(g, int(chip.compute.units.value or 1), t.m, t.n, t.k)
+
+
+@lru_cache(maxsize=65536)
+def _best(g: GemmShape, units: int, tm: int, tn: int, tk: int) -> GemmMapping:
     best = None
-    for m, n in tile_candidates(t.m, t.n):
-        cand = map_gemm(g, units, m, n, t.k)
+    for m, n in tile_candidates(tm, tn):
+        cand = map_gemm(g, units, m, n, tk)
         if best is None or cand.efficiency > best.efficiency + 1e-12:
             best = cand
     assert best is not None

@@ -138,12 +138,16 @@ class AnalyticalEngine:
         dyn = [self.kernel_energy_j(k) for k in kernels]
         e_dyn = sum(dyn)
 
+        at_full_clock = [self.kernel_time(k) for k in kernels]
+
         def total_time(s: float) -> float:
+            if s == 1.0:
+                return sum(t.time_s for t in at_full_clock)
             return sum(self.kernel_time(k, s).time_s for k in kernels)
 
         e = self.energy
         s = throttle(total_time, e_dyn, e.static_w, e.tdp_w) if e else 1.0
-        times = [self.kernel_time(k, s) for k in kernels]
+        times = at_full_clock if s == 1.0 else [self.kernel_time(k, s) for k in kernels]
         latency = sum(t.time_s for t in times)
         static = e.static_w if e else 0.0
         ops = []

@@ -52,7 +52,7 @@ def _spec(val: Any, kind: str = "activation") -> TensorSpec:
 
 def _template(a: Any, names: dict[str, str]) -> Any:
     if isinstance(a, torch.fx.Node):
-        return ("__tensor__", names[a.name])
+        return ("__tensor__", names.get(a.name, a.name))
     if isinstance(a, (list, tuple)):
         return type(a)(_template(x, names) for x in a)
     return a
@@ -80,6 +80,8 @@ def capture(module: torch.nn.Module, example_inputs: Sequence[Any], *, name: str
 def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bool = False) -> Graph:
     kinds = {s.arg.name: _KIND.get(s.kind.name, "input") for s in ep.graph_signature.input_specs
              if hasattr(s.arg, "name")}
+    targets = {s.arg.name: s.target for s in ep.graph_signature.input_specs
+               if hasattr(s.arg, "name") and s.target is not None}
     tensors: dict[str, TensorSpec] = {}
     names: dict[str, str] = {}  # fx node name -> IR tensor name
     nodes: list[Node] = []
@@ -117,6 +119,11 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
         except ValueError as e:
             problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}: {e}")
             continue
+        except Exception as e:  # symbolic sizes that cannot be read statically
+            problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}: data-dependent shape ({e})")
+            continue
+        if problems and any(a.name not in names for a in n.all_input_nodes):
+            continue  # depends on a node already reported as a problem
         multi = isinstance(val, (list, tuple))
         out_names = [f"{n.name}:{i}" for i in range(len(out_specs))] if multi else [n.name]
         if not multi:
@@ -156,7 +163,8 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
             f"{name}: {len(problems)} op(s) cannot be lowered to mtiasim's IR:\n" + "\n".join(problems)
             + "\nPass --allow-cpu-fallback (allow_cpu_fallback=True) to run unsupported ops on the host."
         )
-    return Graph(name=name, tensors=tensors, nodes=nodes, inputs=inputs, outputs=outputs)
+    return Graph(name=name, tensors=tensors, nodes=nodes, inputs=inputs, outputs=outputs,
+                 meta={"targets": targets})
 
 
 # ---- capture cache ------------------------------------------------------------------------------

@@ -29,9 +29,13 @@ def energy_model(chip: ChipSpec) -> EnergyModel | None:
     tdp = chip.power.tdp_w.value
     if not tdp:
         return None
+    # Energy per action is a property of the silicon: it is anchored to the preset's TDP even when
+    # the user overrides power.tdp_w, which then acts as a power cap (like MLPerf's MaxQ runs).
+    preset = chip.power.tdp_w.alternatives.get("preset-default")
+    design_tdp = preset.value if preset is not None and preset.value else tdp
     idle = chip.power.idle_w.value if chip.power.idle_w and chip.power.idle_w.value else None
-    static = idle if idle is not None else p.static_fraction_of_tdp.value * tdp
-    dynamic = max(tdp - static, 0.0)
+    static = idle if idle is not None else p.static_fraction_of_tdp.value * design_tdp
+    dynamic = max(design_tdp - static, 0.0)
     per_op = {d: p.matrix_power_share.value * dynamic / v.value
               for d, v in chip.compute.peak_ops_per_s.items() if v.value}
     ref = per_op.get("bf16") or per_op.get("fp16") or max(per_op.values())

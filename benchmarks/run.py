@@ -1,0 +1,91 @@
+"""Speed benchmarks (one command: `make bench` or `python benchmarks/run.py`).
+
+Targets from the foundation issue:
+- analytical prediction of dlrm-v2 at batch 2048: < 50 ms (capture cached)
+- llama2-70b prefill of 1024 tokens + one decode step: < 200 ms (capture cached)
+- capture of llama3.1-405b (1,024-token input, meta tensors): < 10 s and < 1 GB peak memory
+The capture benchmark runs in a fresh subprocess (no cache) so its peak RSS is its own.
+Results are printed as a table and written to benchmarks/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import mtiasim
+
+HERE = Path(__file__).resolve().parent
+
+
+def _median_s(fn, repeat: int) -> float:
+    fn()  # warm: capture cache + in-process memo
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def bench_dlrm() -> dict:
+    s = _median_s(lambda: mtiasim.simulate("dlrm-v2", chip="mtia-200", batch=2048), 20)
+    return {"name": "dlrm-v2 batch 2048 on mtia-200, analytical", "value_s": s, "target_s": 0.050}
+
+
+def bench_llama() -> dict:
+    def both():
+        mtiasim.simulate("llama2-70b", chip="h100-sxm-80gb", seq_len=1024, phase="prefill")
+        mtiasim.simulate("llama2-70b", chip="h100-sxm-80gb", phase="decode", kv_len=1024)
+
+    s = _median_s(both, 7)
+    return {"name": "llama2-70b prefill 1024 + 1 decode step on h100-sxm-80gb", "value_s": s, "target_s": 0.200}
+
+
+CAPTURE_405B = """
+import resource, time, torch
+from mtiasim.frontend import zoo
+from mtiasim.frontend.capture import capture
+t = time.perf_counter()
+w = zoo.get("llama3.1-405b").build(batch=1, seq_len=1024, phase="prefill")
+g = capture(w.module, w.example_inputs, name=w.name)
+dt = time.perf_counter() - t
+print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(g.nodes))
+"""
+
+
+def bench_capture_405b() -> dict:
+    out = subprocess.run([sys.executable, "-c", CAPTURE_405B], capture_output=True, text=True, check=True)
+    dt, rss_kb, nodes = out.stdout.split()
+    return {"name": f"capture llama3.1-405b, 1024 tokens, meta ({nodes} IR nodes)", "value_s": float(dt),
+            "target_s": 10.0, "peak_rss_bytes": int(rss_kb) * 1024, "target_rss_bytes": 1 << 30}
+
+
+def main() -> int:
+    rows = [bench_dlrm(), bench_llama(), bench_capture_405b()]
+    ok = True
+    print(f"{'benchmark':70s} {'value':>10s} {'target':>10s}  ok")
+    for r in rows:
+        good = r["value_s"] < r["target_s"] and r.get("peak_rss_bytes", 0) <= r.get("target_rss_bytes", 1 << 62)
+        ok &= good
+        extra = f"  peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (< 1024)" if "peak_rss_bytes" in r else ""
+        print(f"{r['name']:70s} {r['value_s'] * 1e3:8.1f}ms {r['target_s'] * 1e3:8.0f}ms  {'yes' if good else 'NO'}{extra}")
+    info = {"machine": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+            "torch": torch.__version__, "mtiasim": mtiasim.__version__,
+            "cpus": len(__import__("os").sched_getaffinity(0)), "rows": rows,
+            "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "latest.json").write_text(json.dumps(info, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Analytical engine and compiler: golden values worked out by hand, and physical laws."""
+
+import pytest
+
+import mtiasim
+from mtiasim.chips import load_chip
+from mtiasim.compiler import CompileOptions, compile
+from mtiasim.compiler.tiling import map_gemm
+from mtiasim.engines.analytical import AnalyticalEngine
+from mtiasim.graph import Graph, Node, TensorSpec
+from mtiasim.graph.ops.base import GemmShape
+
+META = dict(model="t", phase="forward", batch=1, seq_len=None, kv_len=None, dtype="bf16", items=1, item_unit="sample")
+
+
+def linear_graph(m, n, k, act=None):
+    tensors = {"x": TensorSpec((m, k), "fp32", "input"), "w": TensorSpec((n, k), "fp32", "param"),
+               "y": TensorSpec((m, n), "fp32")}
+    nodes = [Node("fc", "linear", ["x", "w"], ["y"])]
+    out = "y"
+    if act:
+        tensors["z"] = TensorSpec((m, n), "fp32")
+        nodes.append(Node("act", act, ["y"], ["z"]))
+        out = "z"
+    return Graph("g", tensors, nodes, ["x"], [out])
+
+
+def run(graph, chip, dtype="bf16", **overrides):
+    p = compile(graph, load_chip(chip, overrides), CompileOptions(dtype=dtype))
+    return p, AnalyticalEngine(p).run(**META)
+
+
+def test_golden_compute_bound_gemm_on_mtia_200():
+    # 2048^3 BF16 GEMM on MTIA 2i. Tiles 64x64 -> 32*32 = 1024 tiles over 64 PEs = 16 full waves,
+    # so the tile efficiency is 1 and the calibrated base is ISCA'25's ">92% at 2Kx2Kx2K" = 0.92.
+    # compute = 2*2048^3 / (177e12 * 0.92) = 105.50 us
+    # DRAM: x (graph input) 2048*2048*2 B = 8,388,608 B / (204.8e9 * 0.95) = 43.12 us
+    # SRAM: weight pinned in LLS (8 MiB) + output (8 MiB) = 16.78 MB / (2.7e12 * 0.85) = 7.31 us
+    # time = max(105.50, 43.12) + 1 us launch = 106.50 us, compute-bound
+    p, r = run(linear_graph(2048, 2048, 2048), "mtia-200")
+    (op,) = r.ops
+    assert op.compute_s == pytest.approx(2 * 2048**3 / (177e12 * 0.92), rel=1e-9)
+    assert op.memory_s == pytest.approx(2048 * 2048 * 2 / (204.8e9 * 0.95), rel=1e-9)
+    assert op.time_s == pytest.approx(106.50e-6, rel=1e-3)
+    assert op.bound == "compute"
+    assert op.dram_bytes == 2048 * 2048 * 2 and op.sram_bytes == 2 * 2048 * 2048 * 2
+    assert r.latency_s == op.time_s and r.throughput_per_s == pytest.approx(1 / op.time_s)
+
+
+def test_golden_memory_bound_gemv_weights_too_big_for_sram():
+    # 1 x 16384 @ 16384 x 16384 BF16: 512 MiB of weights > 256 MiB SRAM, so they stream from LPDDR5.
+    # DRAM = 536,870,912 (W) + 32,768 (x) B / (204.8e9 * 0.95) = 2.759579 ms; + 1 us launch
+    p, r = run(linear_graph(1, 16384, 16384), "mtia-200")
+    (op,) = r.ops
+    assert op.bound == "memory"
+    assert op.dram_bytes == 16384 * 16384 * 2 + 16384 * 2
+    assert op.time_s == pytest.approx((16384 * 16384 * 2 + 16384 * 2) / (204.8e9 * 0.95) + 1e-6, rel=1e-9)
+    # the same GEMV whose weights fit in SRAM (8192^2 * 2 B = 128 MiB) is served from SRAM: much faster
+    _, r2 = run(linear_graph(1, 8192, 8192), "mtia-200")
+    assert r2.ops[0].dram_bytes == 8192 * 2 and r2.latency_s < r.latency_s / 3
+
+
+def test_tile_and_wave_quantisation_by_hand():
+    # H100 MAMF BF16 best shape on 132 SMs with 128x256 tiles: 16 x 8 = 128 tiles, one wave, 128/132 busy
+    m = map_gemm(GemmShape(1, 2048, 2048, 13312), 132, 128, 256, 64)
+    assert (m.tiles, m.split_k, m.waves) == (128, 1, 1)
+    assert m.efficiency == pytest.approx(128 / 132)
+    # a GEMV padded to a 64-row tile uses 1/64 of the MACs
+    assert map_gemm(GemmShape(1, 1, 4096, 4096), 64, 64, 64, 32).pad_efficiency == pytest.approx(1 / 64)
+    # one output tile on 64 PEs: K (4096 / 32 = 128 chunks) is split 64 ways -> all PEs busy
+    k = map_gemm(GemmShape(1, 64, 64, 4096), 64, 64, 64, 32)
+    assert (k.split_k, k.waves, k.efficiency) == (64, 1, 1.0)
+    # 65 tiles on 64 units: two waves, 65/128 busy
+    assert map_gemm(GemmShape(65, 64, 64, 64), 64, 64, 64, 64).efficiency == pytest.approx(65 / 128)
+
+
+def test_epilogue_fusion_removes_the_intermediate():
+    p, r = run(linear_graph(256, 1024, 512, act="relu"), "h100-sxm-80gb")
+    assert len(p.kernels) == 1 and p.kernels[0].fused == ["relu"]
+    assert set(p.kernels[0].work.bytes_written) == {"z"}  # y never reaches memory
+    unfused = compile(linear_graph(256, 1024, 512, act="relu"), load_chip("h100-sxm-80gb"),
+                      CompileOptions(dtype="bf16", fuse=False))
+    assert len(unfused.kernels) == 2
+    assert AnalyticalEngine(unfused).run(**META).latency_s > r.latency_s
+
+
+def test_precision_fallback_is_reported_and_weights_keep_their_format():
+    # MTIA 300 removed INT8 GEMMs (ISCA'26): int8 requests compute in FP8, weights stay 1 byte
+    p, r = run(linear_graph(512, 512, 512), "mtia-300", dtype="int8")
+    assert p.kernels[0].compute_dtype == "fp8"
+    assert any("no int8 matrix engine" in n for n in r.notes)
+    assert p.graph.tensors["w"].dtype == "int8"
+
+
+def test_kv_cache_concat_becomes_in_place_append():
+    from mtiasim.api import workload_graph
+
+    g, w = workload_graph("llama2-7b", phase="decode", batch=2, kv_len=256)
+    p = compile(g, load_chip("h100-sxm-80gb"), CompileOptions(dtype="bf16"))
+    appends = [k for k in p.kernels if k.op == "kv_append"]
+    assert len(appends) == 2 * 32  # K and V per layer
+    # only the new token's K (2 sequences x 32 heads x 128 dims x 2 B) is written, not the whole cache
+    assert all(sum(k.work.bytes_written.values()) == 2 * 32 * 1 * 128 * 2 for k in appends)
+    att = [n for n in p.graph.nodes if n.op == "attention"]
+    assert all(n.attrs["kv_cache_len"] == 256 for n in att)
+    assert p.memory.kv_cache_bytes == 32 * 2 * 2 * 32 * 256 * 128 * 2  # layers, K/V, batch, heads, len, hd, bf16
+
+
+def test_model_that_does_not_fit_is_flagged_with_numbers():
+    r = mtiasim.simulate("llama2-70b", chip="h100-sxm-80gb", dtype="bf16", seq_len=128)
+    assert not r.fits_in_memory
+    assert any("does not fit" in n and "138.0 GB" in n for n in r.notes)  # 68.98e9 params x 2 B
+    assert mtiasim.simulate("llama2-70b", chip="h100-sxm-80gb", dtype="fp8", seq_len=128).fits_in_memory
+
+
+def test_power_capped_at_tdp_by_throttling():
+    base = mtiasim.simulate("llama2-7b", chip="h100-sxm-80gb", seq_len=512)
+    assert base.clock_scale == 1.0 and base.power_w <= base.tdp_w
+    low = mtiasim.simulate("llama2-7b", chip="h100-sxm-80gb", seq_len=512, chip_overrides={"power.tdp_w": "250"})
+    assert low.clock_scale < 1.0 and low.power_w == pytest.approx(250, rel=1e-6)
+    assert low.latency_s > base.latency_s
+    assert any("throttled" in n for n in low.notes)
+
+
+def test_energy_accounting_adds_up():
+    r = mtiasim.simulate("dlrm-v2", chip="mtia-200", batch=1024)
+    assert sum(o.energy_j for o in r.ops) == pytest.approx(r.energy_j, rel=1e-9)
+    assert sum(o.time_s for o in r.ops) == pytest.approx(r.latency_s, rel=1e-12)
+    assert r.power_w == pytest.approx(r.energy_j / r.latency_s)
+    assert r.perf_per_w == pytest.approx(r.throughput_per_s / r.power_w)
+
+
+def test_unknown_tdp_gives_no_energy_but_still_times():
+    r = mtiasim.simulate("llama3.1-8b", chip="tpu-v5e", seq_len=64)
+    assert r.latency_s > 0 and r.energy_j is None and r.power_w is None
+    assert any("TDP unknown" in n for n in r.notes)
+
+
+def test_batching_amortises_weights_in_decode():
+    one = mtiasim.simulate("llama2-7b", chip="mtia-400", phase="decode", batch=1, kv_len=128)
+    many = mtiasim.simulate("llama2-7b", chip="mtia-400", phase="decode", batch=32, kv_len=128)
+    assert many.throughput_per_s > 10 * one.throughput_per_s
+    assert one.bound_breakdown_s().get("memory", 0) > 0.5 * one.latency_s
+
+
+def test_determinism():
+    a = mtiasim.simulate("dlrm-v2", chip="mtia-300", batch=512).to_dict()
+    b = mtiasim.simulate("dlrm-v2", chip="mtia-300", batch=512).to_dict()
+    assert a == b

@@ -1,0 +1,133 @@
+"""Op registry: shape inference and work (flops, bytes) against hand calculations."""
+
+import pytest
+
+from mtiasim.graph import TensorSpec, get_op
+from mtiasim.graph.ops.attention import score_pairs
+from mtiasim.graph.ops.base import OpError
+
+
+def T(shape, dtype="fp16", kind="activation"):
+    return TensorSpec(tuple(shape), dtype, kind)
+
+
+def test_linear_flops_and_bytes_by_hand():
+    # x [32, 512] @ w[1024, 512]^T + b[1024], fp16
+    x, w, b = T((32, 512)), T((1024, 512), kind="param"), T((1024,), kind="param")
+    op = get_op("linear")
+    (y,) = op.infer([x, w, b], {})
+    assert y.shape == (32, 1024)
+    work = op.work([x, w, b], [y], {})
+    assert work.matrix_flops == 2 * 32 * 1024 * 512 == 33_554_432  # 2 ops per MAC
+    assert work.vector_flops == 32 * 1024  # bias add
+    assert work.bytes_read == {"in0": 32 * 512 * 2, "in1": 1024 * 512 * 2, "in2": 1024 * 2}
+    assert work.bytes_written == {"out0": 32 * 1024 * 2}
+    assert [(g.m, g.n, g.k) for g in work.gemms] == [(32, 1024, 512)]
+
+
+def test_linear_rejects_mismatched_k():
+    with pytest.raises(OpError, match="linear"):
+        get_op("linear").infer([T((4, 8)), T((16, 9))], {})
+
+
+def test_causal_gqa_attention_by_hand():
+    # B=2, H=8 query heads, Hkv=2 (GQA), S=L=128, hd=64, causal
+    q, k, v = T((2, 8, 128, 64)), T((2, 2, 128, 64)), T((2, 2, 128, 64))
+    op = get_op("attention")
+    (o,) = op.infer([q, k, v], {"causal": True})
+    assert o.shape == (2, 8, 128, 64)
+    w = op.work([q, k, v], [o], {"causal": True})
+    pairs = 128 * 129 // 2  # query i sees keys 0..i
+    assert pairs == 8256 == score_pairs(128, 128, True)
+    assert w.matrix_flops == 2 * (2 * 2 * 8 * pairs * 64)  # QK^T and PV
+    assert w.vector_flops == 5 * 2 * 8 * pairs
+    # flash attention: Q, K, V read once (K/V shared by the 4 query heads of a group), O written once
+    assert w.bytes_read == {"in0": 2 * 8 * 128 * 64 * 2, "in1": 2 * 2 * 128 * 64 * 2, "in2": 2 * 2 * 128 * 64 * 2}
+    assert w.bytes_written == {"out0": 2 * 8 * 128 * 64 * 2}
+
+
+def test_decode_attention_reads_whole_kv_cache():
+    # one new token attending to 1024 cached + itself, Llama2-70B shapes (64 q heads, 8 kv heads)
+    q, k, v = T((1, 64, 1, 128)), T((1, 8, 1025, 128)), T((1, 8, 1025, 128))
+    w = get_op("attention").work([q, k, v], [T((1, 64, 1, 128))], {"causal": False})
+    assert w.matrix_flops == 2 * 2 * 64 * 1025 * 128
+    assert w.bytes_read["in1"] == 8 * 1025 * 128 * 2  # the whole K cache once
+
+
+def test_causal_prefill_with_context():
+    # 4 new queries at the end of 10 keys: 4*6 full rows + 4*5/2 triangle
+    assert score_pairs(4, 10, True) == 4 * 6 + 10
+
+
+def test_embedding_bag_by_hand():
+    # table [1000, 64] fp32, 40 lookups in 8 bags, sum pooling
+    table, idx, off = T((1000, 64), "fp32", "param"), T((40,), "int64"), T((8,), "int64")
+    op = get_op("embedding_bag")
+    (y,) = op.infer([table, idx, off], {"mode": "sum"})
+    assert y.shape == (8, 64)
+    w = op.work([table, idx, off], [y], {"mode": "sum"})
+    assert w.vector_flops == 40 * 64  # one add per looked-up element
+    assert w.bytes_read == {"in0": 40 * 64 * 4, "in1": 40 * 8, "in2": 8 * 8}  # rows, not the table
+    assert w.gather == {"in0": 64 * 4}
+    assert w.bytes_written == {"out0": 8 * 64 * 4}
+    # per-sample weights add one multiply per element
+    w2 = op.work([table, idx, off, T((40,), "fp32")], [y], {"mode": "sum"})
+    assert w2.vector_flops == 2 * 40 * 64
+
+
+def test_tbe_dlrm_v2_lookups_by_hand():
+    # DLRM-v2: 214 lookups per pair (sum of the MLPerf multi-hot sizes), D=128, int8 rows of 128 B
+    pooling = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
+    assert sum(pooling) == 214
+    rows = [10] * 26
+    idx, wts = T((4, 214), "int64"), T((260, 128), "int8", "param")
+    op = get_op("tbe")
+    (y,) = op.infer([idx, wts], {"pooling_factors": pooling, "rows": rows})
+    assert y.shape == (4, 26, 128)
+    w = op.work([idx, wts], [y], {"pooling_factors": pooling, "rows": rows})
+    assert w.bytes_read["in1"] == 4 * 214 * 128  # 4 pairs x 214 rows x 128 B
+    assert w.vector_flops == 4 * 214 * 128
+
+
+def test_dcn_cross_by_hand():
+    # B=16, D=3456, rank 512: two GEMMs of 2*B*D*r each
+    x, u, v, b = T((16, 3456)), T((512, 3456), kind="param"), T((3456, 512), kind="param"), T((3456,), kind="param")
+    w = get_op("dcn_cross").work([x, x, u, v, b], [x], {})
+    assert w.matrix_flops == 2 * (2 * 16 * 3456 * 512)
+    assert w.vector_flops == 3 * 16 * 3456
+
+
+def test_moe_expert_ffn_counts_routed_tokens():
+    # 64 tokens, 8 experts, top-2, D=4096, F=14336 (Mixtral): 6*T*k*D*F flops
+    x = T((64, 4096))
+    args = [x, T((64, 2), "fp32"), T((64, 2), "int64"), T((8, 14336, 4096), "bf16", "param"),
+            T((8, 14336, 4096), "bf16", "param"), T((8, 4096, 14336), "bf16", "param")]
+    w = get_op("moe_expert_ffn").work(args, [x], {"top_k": 2})
+    assert w.matrix_flops == 6 * 64 * 2 * 4096 * 14336
+    # with 128 routed slots all 8 experts are hit (1-(6/8)^64 ~ 1): every expert's weights are read
+    assert w.bytes_read["in3"] == pytest.approx(8 * 14336 * 4096 * 2, rel=1e-6)
+    # one token reads only its 2 experts
+    one = [T((1, 4096)), T((1, 2), "fp32"), T((1, 2), "int64")] + args[3:]
+    w1 = get_op("moe_expert_ffn").work(one, [T((1, 4096))], {"top_k": 2})
+    assert w1.bytes_read["in3"] == pytest.approx(2 * 14336 * 4096 * 2)
+
+
+def test_concat_and_stack_shapes():
+    a, b = T((2, 3)), T((2, 5))
+    assert get_op("concat").infer([a, b], {"dim": 1})[0].shape == (2, 8)
+    assert get_op("concat").infer([a, a], {"dim": 0, "stack": True})[0].shape == (2, 2, 3)
+    with pytest.raises(OpError, match="concat"):
+        get_op("concat").infer([a, b], {"dim": 0})
+
+
+def test_pointwise_broadcast_and_errors():
+    assert get_op("add").infer([T((4, 1, 8)), T((3, 1))], {})[0].shape == (4, 3, 8)
+    with pytest.raises(OpError):
+        get_op("mul").infer([T((4, 8)), T((3, 8))], {})
+    w = get_op("gelu").work([T((10,))], [T((10,))], {})
+    assert w.vector_flops == 80 and w.bytes_read == {"in0": 20}
+
+
+def test_unknown_op_is_named():
+    with pytest.raises(OpError, match="no_such_op"):
+        get_op("no_such_op")
