@@ -26,6 +26,7 @@ demo: $(STAMP_RUN)
 	$(BIN)/mtiasim compare llama2-70b --chips mtia-400,h100-sxm-80gb,b200-sxm-180gb,mi300x --plot $(OUT)/llama2-70b.png
 
 test: $(STAMP_DEV)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: $(STAMP_DEV)

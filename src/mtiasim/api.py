@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -14,7 +15,6 @@ from mtiasim.engines.result import Result
 from mtiasim.frontend import zoo
 from mtiasim.frontend.capture import capture, capture_cached
 from mtiasim.graph.ir import Graph
-
 
 _GRAPHS: dict[tuple, tuple[Graph, zoo.Workload]] = {}
 _GRAPHS_MAX = 32

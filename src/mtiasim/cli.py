@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -63,7 +63,7 @@ def chips_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json",
 @chips_app.command("show")
 def chips_show(name: str = typer.Argument(..., help="Preset name or path to a chip YAML file."),
                as_json: bool = typer.Option(False, "--json"),
-               set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP)):
+               set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP)):
     """Print a chip spec with the source of every number."""
     from mtiasim.report.tables import spec_table
 
@@ -105,15 +105,15 @@ def models(as_json: bool = typer.Option(False, "--json")):
 @app.command("run")
 def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim models`)."),
         chip: str = typer.Option("mtia-200", "--chip", help="Preset name or chip YAML path."),
-        batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (samples; sequences for LLMs)."),
-        seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Prompt tokens (LLM prefill)."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="Matrix precision: fp32 bf16 fp16 fp8 int8 mx8 mx4 fp4."),
-        phase: Optional[str] = typer.Option(None, "--phase", help="LLMs: prefill (default) or decode."),
-        kv_len: Optional[int] = typer.Option(None, "--kv-len", min=1, help="LLM decode: tokens in the KV cache."),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+        batch: int | None = typer.Option(None, "--batch", min=1, help="Batch (samples; sequences for LLMs)."),
+        seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Prompt tokens (LLM prefill)."),
+        dtype: str | None = typer.Option(None, "--dtype", help="Matrix precision: fp32 bf16 fp16 fp8 int8 mx8 mx4 fp4."),
+        phase: str | None = typer.Option(None, "--phase", help="LLMs: prefill (default) or decode."),
+        kv_len: int | None = typer.Option(None, "--kv-len", min=1, help="LLM decode: tokens in the KV cache."),
+        set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
         allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback",
                                                 help="Run ops the chip cannot run on the host CPU (and charge it)."),
-        top: Optional[int] = typer.Option(None, "--top", help="Show only the N slowest kernels."),
+        top: int | None = typer.Option(None, "--top", help="Show only the N slowest kernels."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Simulate one model on one chip: per-kernel table and totals."""
     try:
@@ -137,11 +137,11 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
 @app.command("compare")
 def compare(model: str = typer.Argument(..., help="Zoo model name."),
             chips: str = typer.Option("mtia-200,h100-sxm-80gb", "--chips", help="Comma-separated chip names."),
-            batch: Optional[int] = typer.Option(None, "--batch", min=1),
-            seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1),
-            dtype: Optional[str] = typer.Option(None, "--dtype"),
-            kv_len: Optional[int] = typer.Option(None, "--kv-len", min=1, help="LLM decode: KV-cache tokens (default: seq_len)."),
-            plot: Optional[str] = typer.Option(None, "--plot", help="Write a bar chart (PNG) here."),
+            batch: int | None = typer.Option(None, "--batch", min=1),
+            seq_len: int | None = typer.Option(None, "--seq-len", min=1),
+            dtype: str | None = typer.Option(None, "--dtype"),
+            kv_len: int | None = typer.Option(None, "--kv-len", min=1, help="LLM decode: KV-cache tokens (default: seq_len)."),
+            plot: str | None = typer.Option(None, "--plot", help="Write a bar chart (PNG) here."),
             as_json: bool = typer.Option(False, "--json")):
     """Compare chips side by side on one model (LLMs: prefill and decode)."""
     names = [c.strip() for c in chips.split(",") if c.strip()]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -13,6 +14,8 @@ from mtiasim.chips.schema import ChipSpec, Sourced
 from mtiasim.units import UnitError, parse_quantity
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: the ``source`` of a value set with ``--set``; a TDP set this way is a power cap (see power/)
+USER_OVERRIDE_SOURCE = "user override (--set)"
 
 
 class ChipError(ValueError):
@@ -41,19 +44,20 @@ def preset_path(name: str) -> Path:
     return PRESET_DIR / f"{name}.yaml"
 
 
-def _parse_file(path: Path) -> ChipSpec:
+def _parse_file(path: Path, shown: str | None = None) -> ChipSpec:
+    where = shown or str(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ChipError(f"{path}: not valid YAML: {e}") from None
+        raise ChipError(f"{where}: not valid YAML: {e}") from None
     except OSError as e:
-        raise ChipError(f"{path}: cannot read chip file: {e.strerror}") from None
+        raise ChipError(f"{where}: cannot read chip file: {e.strerror}") from None
     if not isinstance(raw, dict):
-        raise ChipError(f"{path}: a chip file must be a YAML mapping, got {type(raw).__name__}")
+        raise ChipError(f"{where}: a chip file must be a YAML mapping, got {type(raw).__name__}")
     try:
         return ChipSpec.model_validate(raw)
     except ValidationError as e:
-        raise ChipError(_format_validation(str(path), e)) from None
+        raise ChipError(_format_validation(where, e)) from None
 
 
 @lru_cache(maxsize=64)
@@ -71,7 +75,7 @@ def load_chip(name_or_path: str | Path | ChipSpec, overrides: Mapping[str, Any] 
     else:
         s = str(name_or_path)
         if s.endswith((".yaml", ".yml")) or "/" in s:
-            chip = _parse_file(Path(s))
+            chip = _parse_file(Path(s), s)
         elif preset_path(s.lower()).exists():
             chip = _load_preset(s.lower()).model_copy(deep=True)
         else:
@@ -135,7 +139,7 @@ def _set_leaf(chip: ChipSpec, path: str, parent: Any, key: str, child: Any, raw:
                 raise ChipError(f"--set {path}: {e}") from None
             alts = dict(child.alternatives)
             alts.setdefault("preset-default", {"value": child.value, "source": child.source})
-            new = type(child)(value=value, source="user override (--set)", status="estimate",
+            new = type(child)(value=value, source=USER_OVERRIDE_SOURCE, status="estimate",
                               note=f"set by the user; preset value was {child.value} from {child.source}",
                               alternatives=alts)
     elif isinstance(child, (int, float, str)) and not isinstance(child, bool):

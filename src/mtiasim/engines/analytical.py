@@ -165,8 +165,13 @@ class AnalyticalEngine:
             power = energy / latency if latency > 0 else static
             perf_w = thr / power if power > 0 else 0.0
         notes = list(self.p.notes) + self.notes
+        if e is not None and e.static_w >= e.tdp_w:
+            notes.append(f"power cap {e.tdp_w:.0f} W (TDP) is below the chip's static power {e.static_w:.0f} W; "
+                         "it cannot be met")
+        elif e is not None and power is not None and power > e.tdp_w * (1 + 1e-6):
+            notes.append(f"average power {power:.0f} W exceeds TDP {e.tdp_w:.0f} W even at the lowest clock")
         if s < 1.0:
-            notes.append(f"throttled: clocks at {s:.0%} to keep average power within TDP {e.tdp_w:.0f} W")
+            notes.append(f"throttled: clocks at {s:.3g}x to keep average power within TDP {e.tdp_w:.0f} W")
         mem = self.p.memory
         return Result(
             model=model, chip=self.chip.name, engine=self.name, phase=phase, batch=batch, seq_len=seq_len,

@@ -7,8 +7,9 @@ import operator
 import os
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.fx
@@ -33,7 +34,9 @@ def _source(n: torch.fx.Node) -> str | None:
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', trace)
     if not frames:
         return None
-    path, line, fn, code = frames[-1]
+    torch_dir = os.path.dirname(torch.__file__)
+    user = [f for f in frames if not f[0].startswith(torch_dir)] or frames  # innermost user frame
+    path, line, fn, code = user[-1]
     return f"{path}:{line} in {fn}: {code.strip()}"
 
 

@@ -7,7 +7,8 @@ nodes (or None for an absent optional). Adding support for an op is adding an en
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.fx
 

@@ -5,7 +5,8 @@ nodes the frontend or compiler synthesised (e.g. ``moe_router``) run their op's 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mtiasim.calibration import power_file
+from mtiasim.chips.loader import USER_OVERRIDE_SOURCE
 from mtiasim.chips.schema import ChipSpec
 
 
@@ -32,7 +34,8 @@ def energy_model(chip: ChipSpec) -> EnergyModel | None:
     # Energy per action is a property of the silicon: it is anchored to the preset's TDP even when
     # the user overrides power.tdp_w, which then acts as a power cap (like MLPerf's MaxQ runs).
     preset = chip.power.tdp_w.alternatives.get("preset-default")
-    design_tdp = preset.value if preset is not None and preset.value else tdp
+    capped = chip.power.tdp_w.source == USER_OVERRIDE_SOURCE
+    design_tdp = preset.value if capped and preset is not None and preset.value else tdp
     idle = chip.power.idle_w.value if chip.power.idle_w and chip.power.idle_w.value else None
     static = idle if idle is not None else p.static_fraction_of_tdp.value * design_tdp
     dynamic = max(design_tdp - static, 0.0)
@@ -55,9 +58,9 @@ def throttle(times_at: Callable[[float], float], energy_dynamic_j: float, static
     if budget <= 0 or t1 <= 0 or energy_dynamic_j / t1 <= budget:
         return 1.0
     t_min = energy_dynamic_j / budget
-    lo, hi = 1e-3, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
+    lo, hi = 1e-9, 1.0  # bisection on log(s): memory-heavy runs may need very low clocks
+    for _ in range(80):
+        mid = math.sqrt(lo * hi)
         if times_at(mid) >= t_min:
             lo = mid
         else:

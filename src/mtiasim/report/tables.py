@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
+from pydantic import BaseModel
 from rich.table import Table
 
 from mtiasim.chips.schema import ChipSpec, Sourced
@@ -92,7 +94,7 @@ def _walk(obj: Any, prefix: str = "") -> Iterable[tuple[str, Sourced]]:
     elif isinstance(obj, dict):
         for k, v in obj.items():
             yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
-    elif hasattr(obj, "model_fields"):
+    elif isinstance(obj, BaseModel):
         for k in type(obj).model_fields:
             yield from _walk(getattr(obj, k), f"{prefix}.{k}" if prefix else k)
 

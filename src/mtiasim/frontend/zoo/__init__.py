@@ -111,6 +111,6 @@ def get(name: str) -> ZooModel:
 
 
 # Registration of the concrete families (imported last: they import the names above).
-from . import dlrm, llm, ranking  # noqa: F401
+from . import dlrm, llm, ranking  # noqa: E402, F401
 
 __all__ = ["UnknownModelError", "Workload", "ZooModel", "get", "names", "register"]

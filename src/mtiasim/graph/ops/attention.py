@@ -9,12 +9,12 @@ from mtiasim.graph.ir import TensorSpec
 from mtiasim.graph.ops.base import GemmShape, OpDef, Work, register_op
 
 
-def score_pairs(s: int, l: int, causal: bool) -> int:
+def score_pairs(s: int, keys: int, causal: bool) -> int:
     """Query-key pairs an attention evaluates. Non-causal: S*L. Causal with the S queries at the
     end of the L keys (prefill, with or without earlier context): S*(L-S) + S*(S+1)/2."""
     if not causal:
-        return s * l
-    return s * (l - s) + s * (s + 1) // 2
+        return s * keys
+    return s * (keys - s) + s * (s + 1) // 2
 
 
 @register_op
@@ -41,14 +41,13 @@ class Attention(OpDef):
     def work(self, inputs, outputs, attrs):
         q, k, v = inputs[:3]
         b, h, s, hd = q.shape
-        l, hdv = k.shape[2], v.shape[3]
-        pairs = score_pairs(s, l, bool(attrs.get("causal", False)))
-        gemms = [GemmShape(b * h, s, l, hd), GemmShape(b * h, s, hdv, l)]
+        keys, hdv = k.shape[2], v.shape[3]
+        pairs = score_pairs(s, keys, bool(attrs.get("causal", False)))
+        # the kernel tiles the full S x L problem and skips the blocks a causal mask removes, so
+        # the tile shapes are the full ones and only the flops shrink (by pairs / (S*L))
+        gemms = [GemmShape(b * h, s, keys, hd), GemmShape(b * h, s, hdv, keys)]
         full = sum(g.flops for g in gemms)
-        frac = pairs / (s * l)
-        # scale the tile shapes' flops to the causal fraction by trimming the key length
-        gemms = [GemmShape(g.batch, g.m, max(1, round(g.n * frac)) if i == 0 else g.n,
-                           g.k if i == 0 else max(1, round(g.k * frac))) for i, g in enumerate(gemms)]
+        frac = pairs / (s * keys)
         return Work(matrix_flops=full * frac, vector_flops=5.0 * b * h * pairs,
                     bytes_read={f"in{i}": t.nbytes for i, t in enumerate(inputs)},
                     bytes_written={"out0": outputs[0].nbytes}, gemms=gemms)

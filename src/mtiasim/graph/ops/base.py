@@ -13,8 +13,9 @@ them up, so adding an op is adding a class here, never an ``if`` in an engine.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 from mtiasim.graph.ir import TensorSpec
 

@@ -9,7 +9,8 @@ a chip comes from the chip's vector peak and the engine's efficiency data.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

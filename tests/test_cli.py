@@ -1,0 +1,280 @@
+"""Smoke tests of the ``mtiasim`` command line (typer's CliRunner, in-process).
+
+Captured graphs are cached under ``MTIASIM_CACHE_DIR``, pointed at a temp dir shared by this module
+so the tests never touch ``~/.cache``; each zoo workload is captured once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mtiasim.chips import list_chips, preset_path
+from mtiasim.cli import app
+from mtiasim.frontend import zoo
+
+PRESETS = [
+    "mtia-100", "mtia-200", "mtia-300", "mtia-400", "mtia-450", "mtia-500",
+    "a100-sxm-80gb", "h100-sxm-80gb", "h100-pcie-80gb", "h100-nvl-94gb", "h200-sxm-141gb",
+    "gh200-144gb", "b200-sxm-180gb", "mi300x", "mi325x", "mi355x", "gaudi2", "tpu-v5e",
+]
+BOUNDS = {"compute", "memory", "overhead", "host"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _capture_cache(tmp_path_factory):
+    """One capture cache shared by every test here, outside the user's home (module-scoped, so the
+    variable is restored for the test modules that run after this one)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MTIASIM_CACHE_DIR", str(tmp_path_factory.mktemp("mtiasim-cache")))
+        yield
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def ok_json(*args: str):
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def flat(text: str) -> str:
+    """Error text without the line wrapping rich adds on narrow terminals."""
+    return re.sub(r"\s+", "", text)
+
+
+def fails_with(args: list[str], *fragments: str) -> str:
+    """Run ``args``, expect exit code 2 and every fragment in the output (wrapping ignored)."""
+    r = invoke(*args)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    out = r.output
+    for f in fragments:
+        assert flat(f) in flat(out), f"{f!r} not in:\n{out}"
+    return out
+
+
+# ------------------------------------------------------------------------------ chips
+
+def test_chips_json_lists_all_presets():
+    rows = ok_json("chips", "--json")
+    names = [r["name"] for r in rows]
+    assert sorted(names) == sorted(PRESETS) == sorted(list_chips())
+    assert len(names) == 18
+    for r in rows:
+        assert r["dram_bandwidth_bytes_per_s"] > 0, r
+        assert {"display_name", "vendor", "kind", "peak_bf16_flops_per_s", "dram_capacity_bytes", "tdp_w"} <= set(r)
+    by = {r["name"]: r for r in rows}
+    assert by["mtia-200"]["dram_bandwidth_bytes_per_s"] == pytest.approx(204.8e9)
+    assert by["tpu-v5e"]["tdp_w"] is None
+
+
+def test_chips_table_names_presets():
+    r = invoke("chips")
+    assert r.exit_code == 0, r.output
+    for name in ("mtia-200", "h100-sxm-80gb", "mi300x"):
+        assert name in r.output
+
+
+def test_chips_show_json_has_values_and_sources():
+    spec = ok_json("chips", "show", "mtia-200", "--json")
+    bw = spec["dram"]["bandwidth_bytes_per_s"]
+    assert bw["value"] == pytest.approx(204.8e9, rel=1e-12)
+    assert bw["source"].strip()
+    assert spec["name"] == "mtia-200"
+    assert spec["power"]["tdp_w"]["value"] == pytest.approx(85)
+
+
+def test_chips_show_text_cites_sources():
+    r = invoke("chips", "show", "mtia-200")
+    assert r.exit_code == 0, r.output
+    assert "ISCA'25" in r.output
+    assert "dram.bandwidth_bytes_per_s" in r.output
+
+
+def test_chips_show_selects_documented_alternative():
+    spec = ok_json("chips", "show", "mtia-200", "--set", "power.tdp_w=alt:blog-2024", "--json")
+    tdp = spec["power"]["tdp_w"]
+    assert tdp["value"] == pytest.approx(90)
+    assert tdp["source"].strip()
+    assert tdp["alternatives"]["preset-default"]["value"] == pytest.approx(85)
+
+
+def test_chips_show_set_with_unit():
+    spec = ok_json("chips", "show", "mtia-200", "--set", "dram.bandwidth_bytes_per_s=3TB/s", "--json")
+    assert spec["dram"]["bandwidth_bytes_per_s"]["value"] == pytest.approx(3e12)
+    assert spec["dram"]["bandwidth_bytes_per_s"]["status"] == "estimate"
+
+
+# ------------------------------------------------------------------------------ run
+
+@pytest.fixture(scope="module")
+def dlrm_run():
+    return ok_json("run", "dlrm-v2", "--chip", "mtia-200", "--batch", "256", "--json")
+
+
+def test_run_dlrm_totals(dlrm_run):
+    d = dlrm_run
+    assert (d["model"], d["chip"], d["batch"], d["item_unit"], d["phase"]) == (
+        "dlrm-v2", "mtia-200", 256, "sample", "forward")
+    assert d["latency_s"] > 0
+    assert d["throughput_per_s"] == pytest.approx(256 / d["latency_s"], rel=1e-9)
+    assert d["energy_j"] > 0 and d["power_w"] > 0
+    assert d["power_w"] == pytest.approx(d["energy_j"] / d["latency_s"], rel=1e-9)
+    assert d["perf_per_w"] == pytest.approx(d["throughput_per_s"] / d["power_w"], rel=1e-9)
+    assert d["power_w"] <= d["tdp_w"] * (1 + 1e-6)
+    assert d["dtype"] == "int8"  # the zoo default for dlrm-v2
+    assert isinstance(d["notes"], list)
+
+
+def test_run_dlrm_ops_explain_the_latency(dlrm_run):
+    d = dlrm_run
+    ops = d["ops"]
+    assert ops
+    for o in ops:
+        assert {"name", "op", "time_s", "bound", "flops", "bytes"} <= set(o), o
+        assert o["bound"] in BOUNDS, o
+        assert o["time_s"] > 0 and o["flops"] >= 0 and o["bytes"] >= 0
+    assert math.fsum(o["time_s"] for o in ops) == pytest.approx(d["latency_s"], rel=1e-9)
+    assert d["bytes"] == pytest.approx(math.fsum(o["bytes"] for o in ops), rel=1e-9)
+    kinds = {o["op"] for o in ops}
+    assert "linear" in kinds  # the MLPs
+    assert kinds & {"tbe", "embedding_bag", "embedding"}  # the sparse lookups
+
+
+def test_run_dlrm_text_output():
+    r = invoke("run", "dlrm-v2", "--chip", "mtia-200", "--batch", "256", "--top", "3")
+    assert r.exit_code == 0, r.output
+    assert "mtia-200" in r.output
+
+
+def test_run_llama_decode():
+    d = ok_json("run", "llama2-7b", "--chip", "h100-sxm-80gb", "--phase", "decode", "--kv-len", "128", "--json")
+    assert (d["phase"], d["kv_len"], d["item_unit"]) == ("decode", 128, "token")
+    assert d["latency_s"] > 0
+    assert d["items"] == d["batch"]  # one new token per sequence
+    assert d["throughput_per_s"] == pytest.approx(d["batch"] / d["latency_s"], rel=1e-9)
+    assert math.fsum(o["time_s"] for o in d["ops"]) == pytest.approx(d["latency_s"], rel=1e-9)
+    assert all(o["bound"] in BOUNDS for o in d["ops"])
+    assert d["fits_in_memory"] is True
+
+
+def test_run_chip_without_tdp_reports_no_energy():
+    d = ok_json("run", "dlrm-v2", "--chip", "tpu-v5e", "--batch", "256", "--json")
+    assert d["latency_s"] > 0
+    assert d["energy_j"] is None and d["power_w"] is None and d["perf_per_w"] is None
+    assert any("TDP unknown" in n for n in d["notes"])
+
+
+def test_run_set_more_dram_bandwidth_is_not_slower(dlrm_run):
+    d = ok_json("run", "dlrm-v2", "--chip", "mtia-200", "--batch", "256", "--json",
+                "--set", "dram.bandwidth_bytes_per_s=2e12")
+    assert d["latency_s"] <= dlrm_run["latency_s"] * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------------------ compare
+
+def test_compare_dlrm_json_and_plot(tmp_path):
+    png = tmp_path / "c.png"
+    d = ok_json("compare", "dlrm-v2", "--chips", "mtia-200,h100-sxm-80gb", "--batch", "256",
+                "--json", "--plot", str(png))
+    assert d["model"] == "dlrm-v2"
+    assert [r["chip"] for r in d["rows"]] == ["mtia-200", "h100-sxm-80gb"]
+    for r in d["rows"]:
+        assert r["phase"] == "forward" and r["latency_s"] > 0
+        assert r["throughput_per_s"] == pytest.approx(r["batch"] / r["latency_s"], rel=1e-9)
+        assert r["dominant_bound"] in BOUNDS
+    assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_compare_llama_has_prefill_and_decode_per_chip():
+    d = ok_json("compare", "llama2-7b", "--chips", "mtia-200,h100-sxm-80gb", "--json")
+    pairs = [(r["chip"], r["phase"]) for r in d["rows"]]
+    assert sorted(pairs) == sorted((c, p) for c in ("mtia-200", "h100-sxm-80gb") for p in ("prefill", "decode"))
+    for r in d["rows"]:
+        assert r["item_unit"] == "token" and r["latency_s"] > 0
+        if r["phase"] == "prefill":
+            assert r["throughput_per_s"] == pytest.approx(r["batch"] * r["seq_len"] / r["latency_s"], rel=1e-9)
+        else:
+            assert r["kv_len"] and r["throughput_per_s"] == pytest.approx(r["batch"] / r["latency_s"], rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ errors
+
+def test_unknown_chip_lists_presets():
+    out = fails_with(["run", "dlrm-v2", "--chip", "mtia-9000", "--batch", "256"], "mtia-9000")
+    for name in ("mtia-200", "h100-sxm-80gb", "tpu-v5e"):
+        assert name in flat(out)
+    assert "Traceback" not in out
+
+
+def test_unknown_chip_in_compare():
+    fails_with(["compare", "dlrm-v2", "--chips", "mtia-200,nochip", "--batch", "256"], "nochip", "mtia-200")
+
+
+def test_set_unknown_field_names_it():
+    fails_with(["run", "dlrm-v2", "--batch", "256", "--set", "dram.bandwidth=1"],
+               "dram.bandwidth", "bandwidth_bytes_per_s")
+
+
+def test_set_wrong_unit_names_the_unit():
+    fails_with(["run", "dlrm-v2", "--batch", "256", "--set", "dram.bandwidth_bytes_per_s=3GHz"],
+               "dram.bandwidth_bytes_per_s", "GHz")
+
+
+def test_set_without_equals_is_a_usage_error():
+    fails_with(["chips", "show", "mtia-200", "--set", "dram.bandwidth_bytes_per_s"], "PATH=VALUE")
+
+
+def test_chip_yaml_with_unknown_field(tmp_path):
+    text = preset_path("mtia-200").read_text()
+    assert "\ndram:\n" in text
+    bad = tmp_path / "my_chip.yaml"
+    bad.write_text(text.replace("\ndram:\n", "\ndram:\n  bandwith_gbps: {value: 1, source: typo}\n", 1))
+    for args in (["chips", "show", str(bad)], ["run", "dlrm-v2", "--chip", str(bad), "--batch", "256"]):
+        fails_with(args, str(bad), "dram.bandwith_gbps")
+
+
+def test_chip_yaml_with_wrong_unit(tmp_path):
+    text = preset_path("mtia-200").read_text()
+    start = text.index("\nclock_hz:")
+    end = text.index("\ncompute:")
+    bad = tmp_path / "clock.yaml"
+    bad.write_text(text[:start] + '\nclock_hz: {value: "1 GB/s", source: x}' + text[end:])
+    out = fails_with(["run", "dlrm-v2", "--chip", str(bad), "--batch", "256"], str(bad), "clock_hz", "GB/s")
+    assert "Hz" in out
+
+
+def test_unknown_model_lists_zoo():
+    out = fails_with(["run", "gpt-5", "--chip", "mtia-200"], "gpt-5")
+    for name in zoo.names():
+        assert name in flat(out)
+
+
+def test_unknown_dtype_is_reported():
+    fails_with(["run", "dlrm-v2", "--batch", "256", "--dtype", "fp7"], "fp7")
+
+
+# ------------------------------------------------------------------------------ help
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_help_mentions_json(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0, r.output
+    assert "--json" in r.output
+    assert "--chip" in r.output
+
+
+def test_cache_dir_is_isolated():
+    assert Path(os.environ["MTIASIM_CACHE_DIR"]).is_dir()
+    assert not str(Path(os.environ["MTIASIM_CACHE_DIR"])).startswith(str(Path.home() / ".cache"))
