@@ -4,6 +4,9 @@ Targets from the foundation issue:
 - analytical prediction of dlrm-v2 at batch 2048: < 50 ms (capture cached)
 - llama2-70b prefill of 1024 tokens + one decode step: < 200 ms (capture cached)
 - capture of llama3.1-405b (1,024-token input, meta tensors): < 10 s and < 1 GB peak memory
+Serving issue:
+- a serving run of 10,000 requests: < 10 s; wall time per 1,000 simulated requests at several
+  loads (light, near capacity, overload, offline), growing linearly with the request count
 The capture benchmark runs in a fresh subprocess (no cache) so its peak RSS is its own.
 Results are printed as a table and written to benchmarks/results/latest.json.
 """
@@ -69,8 +72,31 @@ def bench_capture_405b() -> dict:
             "target_s": 10.0, "peak_rss_bytes": int(rss_kb) * 1024, "target_rss_bytes": 1 << 30}
 
 
+def bench_serving() -> tuple[dict, list[dict]]:
+    """llama2-70b FP8 on h100-sxm-80gb:8 (TP=1 x DP=8), OpenOrca-like lengths. The step-cost grids
+    are built once per process (first call) and excluded, like the capture cache above."""
+    from mtiasim.serving import serve_llm
+
+    serve_llm("llama2-70b", "h100-sxm-80gb:8", qps=1.0, requests=50, dtype="fp8")  # builds the cost grids
+    offline = serve_llm("llama2-70b", "h100-sxm-80gb:8", qps=None, requests=2000, dtype="fp8")
+    cap = offline.requests_per_s
+    scaling = []
+    for label, qps in (("light (25% of capacity)", 0.25 * cap), ("near capacity (90%)", 0.9 * cap),
+                       ("overload (200%)", 2.0 * cap), ("offline (all at t=0)", None)):
+        for n in (1000, 2000, 5000, 10000):
+            t = time.perf_counter()
+            rep = serve_llm("llama2-70b", "h100-sxm-80gb:8", qps=qps, requests=n, dtype="fp8")
+            dt = time.perf_counter() - t
+            scaling.append({"load": label, "qps": qps, "requests": n, "wall_s": dt, "wall_s_per_1000": dt / n * 1000,
+                            "steps_tokens_per_s": rep.output_tokens_per_s, "p99_ttft_s": rep.ttft_s.p99})
+    worst10k = max(r["wall_s"] for r in scaling if r["requests"] == 10000)
+    return ({"name": "serving run, 10,000 requests, llama2-70b on h100-sxm-80gb:8 (slowest load)",
+             "value_s": worst10k, "target_s": 10.0}, scaling)
+
+
 def main() -> int:
-    rows = [bench_dlrm(), bench_llama(), bench_capture_405b()]
+    serving, scaling = bench_serving()
+    rows = [bench_dlrm(), bench_llama(), bench_capture_405b(), serving]
     ok = True
     print(f"{'benchmark':70s} {'value':>10s} {'target':>10s}  ok")
     for r in rows:
@@ -78,7 +104,10 @@ def main() -> int:
         ok &= good
         extra = f"  peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (< 1024)" if "peak_rss_bytes" in r else ""
         print(f"{r['name']:70s} {r['value_s'] * 1e3:8.1f}ms {r['target_s'] * 1e3:8.0f}ms  {'yes' if good else 'NO'}{extra}")
-    info = {"machine": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+    print(f"\n{'load':26s} {'requests':>9s} {'wall':>9s} {'per 1000':>9s}")
+    for r in scaling:
+        print(f"{r['load']:26s} {r['requests']:9d} {r['wall_s']:8.2f}s {r['wall_s_per_1000']:8.3f}s")
+    info = {"machine": platform.platform(), "serving_scaling": scaling, "processor": platform.processor(), "python": platform.python_version(),
             "torch": torch.__version__, "mtiasim": mtiasim.__version__,
             "cpus": len(__import__("os").sched_getaffinity(0)), "rows": rows,
             "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

@@ -21,16 +21,18 @@ _GRAPHS_MAX = 32
 
 
 def workload_graph(name: str, *, batch: int | None = None, seq_len: int | None = None, phase: str | None = None,
-                   kv_len: int | None = None, allow_cpu_fallback: bool = False) -> tuple[Graph, zoo.Workload]:
+                   kv_len: int | None = None, allow_cpu_fallback: bool = False,
+                   **overrides: Any) -> tuple[Graph, zoo.Workload]:
     """A zoo model's graph: from this process's memo, else the on-disk capture cache, else captured.
 
-    The returned workload has its module dropped (``module=None``) so memoised entries stay small."""
-    key = (name.lower(), batch, seq_len, phase, kv_len, allow_cpu_fallback)
+    ``overrides`` change config fields (e.g. a tensor-parallel shard's head count). The returned
+    workload has its module dropped (``module=None``) so memoised entries stay small."""
+    key = (name.lower(), batch, seq_len, phase, kv_len, allow_cpu_fallback, tuple(sorted(overrides.items())))
     hit = _GRAPHS.get(key)
     if hit is not None:
         return hit
     entry = zoo.get(name)
-    w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len)
+    w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len, **overrides)
     graph = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
                            allow_cpu_fallback=allow_cpu_fallback)
     w = dataclasses.replace(w, module=None, example_inputs=())

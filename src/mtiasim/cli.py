@@ -169,6 +169,59 @@ def compare(model: str = typer.Argument(..., help="Zoo model name."),
         out.print(f"chart written to {plot}")
 
 
+def _duration_s(text: str | None, name: str) -> float | None:
+    if text is None:
+        return None
+    from mtiasim.units import UnitError, parse_quantity
+
+    try:
+        return parse_quantity(text, "s")
+    except UnitError as e:
+        raise typer.BadParameter(f"{name} {text!r}: {e}") from None
+
+
+@app.command("serve")
+def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim models`)."),
+          system: str = typer.Option("mtia-400:8", "--system", help="CHIP:COUNT or a SystemSpec YAML file."),
+          qps: float | None = typer.Option(None, "--qps", help="Poisson arrival rate; omit for Offline (all at t=0)."),
+          requests: int = typer.Option(1000, "--requests", min=1, help="Number of requests to simulate."),
+          seed: int = typer.Option(0, "--seed", help="Seed of the arrival and length draws."),
+          prompt_tokens: int | None = typer.Option(None, "--input-len", min=1, help="Fixed prompt length."),
+          output_tokens: int | None = typer.Option(None, "--output-len", min=1, help="Fixed output length."),
+          tp: int | None = typer.Option(None, "--tp", min=1, help="Tensor-parallel degree (default: smallest that fits)."),
+          dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
+          max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
+          max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
+          ttft_p99: str | None = typer.Option(None, "--ttft-p99", help="SLO on p99 time to first token, e.g. 2s."),
+          tpot_p99: str | None = typer.Option(None, "--tpot-p99", help="SLO on p99 time per output token, e.g. 200ms."),
+          as_json: bool = typer.Option(False, "--json")):
+    """Simulate serving an LLM on a multi-chip system with continuous batching; report latency
+    percentiles, throughput and whether the SLOs hold."""
+    from mtiasim.serving import SLO, serve_llm
+    from mtiasim.serving.llm import SchedulerConfig
+    from mtiasim.system.plan import serving_calibration
+
+    cal = serving_calibration()
+    try:
+        sched = SchedulerConfig(max_num_seqs=max_num_seqs or int(cal["max_num_seqs"].value),
+                                max_num_batched_tokens=max_tokens or int(cal["max_num_batched_tokens"].value),
+                                block_tokens=int(cal["kv_block_tokens"].value))
+        slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
+        rep = serve_llm(model, system, qps=qps, requests=requests, seed=seed, prompt_tokens=prompt_tokens,
+                        output_tokens=output_tokens, scheduler=sched, tp=tp, dtype=dtype,
+                        slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None)
+    except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
+        _fail(e)
+    if as_json:
+        _dump(rep.to_dict())
+        return
+    from mtiasim.report.tables import serving_table
+
+    out.print(serving_table(rep))
+    for n in rep.notes:
+        out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -108,3 +108,30 @@ def spec_table(chip: ChipSpec) -> Table:
         alts = "; ".join(f"{k}={v.value:g}" if v.value is not None else f"{k}=unknown" for k, v in s.alternatives.items())
         t.add_row(path, "unknown" if s.value is None else f"{s.value:g}", s.status, note, alts)
     return t
+
+
+def serving_table(rep: Any) -> Table:
+    t = Table(title=f"serving {rep.model} on {rep.system} ({rep.plan})", show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    load = "offline (all requests at t=0)" if rep.qps is None else f"{rep.qps:g} requests/s (Poisson)"
+    pct = lambda p: f"p50 {si(p.p50, 's')}  p90 {si(p.p90, 's')}  p99 {si(p.p99, 's')}"  # noqa: E731
+    rows = [
+        ("offered load", load),
+        ("requests (completed / rejected)", f"{rep.requests} ({rep.completed} / {rep.rejected})"),
+        ("duration", si(rep.duration_s, "s")),
+        ("throughput", f"{si(rep.output_tokens_per_s)} output tokens/s, {si(rep.requests_per_s)} requests/s"),
+        ("TTFT", pct(rep.ttft_s)),
+        ("TPOT", pct(rep.tpot_s)),
+        ("end to end", pct(rep.e2e_s)),
+        ("preemptions", str(rep.preemptions)),
+        ("KV cache per replica", f"{rep.kv_capacity_tokens_per_replica:,} tokens"),
+        ("replica utilisation", f"{rep.utilization:.0%}"),
+    ]
+    if rep.meets_slo is not None:
+        bounds = ", ".join(f"{k.removesuffix('_s')} <= {si(v, 's')}" for k, v in rep.slo.model_dump().items() if v)
+        rows.append(("SLO " + bounds, "MET" if rep.meets_slo else "MISSED"))
+    rows.append(("simulator wall time", si(rep.wall_s, "s")))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t

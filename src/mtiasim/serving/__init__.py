@@ -1,0 +1,134 @@
+"""Serving simulation: traffic and batching over time, on a multi-chip system.
+
+``serve_llm("llama2-70b", "mtia-400:8", qps=20)`` plans the system (tensor-parallel shards and
+data-parallel replicas), builds the step-cost model of a shard from the analytical engine, and
+runs continuous batching over a Poisson request stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mtiasim.serving.cost import LLMStepCost
+from mtiasim.serving.llm import RequestRecord, SchedulerConfig, route_round_robin, run_replica
+from mtiasim.serving.traffic import DATASET_OF, Request, generate
+from mtiasim.system.plan import plan_llm, serving_calibration
+from mtiasim.system.spec import SystemSpec
+
+_COSTS: dict[tuple, LLMStepCost] = {}
+
+
+def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dtype: str | None = None) -> LLMStepCost:
+    """Step-cost model of a tp-way shard, memoised per process (its grids are built lazily)."""
+    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype)
+    if key not in _COSTS:
+        _COSTS[key] = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype)
+    return _COSTS[key]
+
+
+class Percentiles(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+    @classmethod
+    def of(cls, xs: list[float]) -> Percentiles:
+        if not xs:
+            return cls(mean=None, p50=None, p90=None, p99=None)
+        a = np.asarray(xs)
+        return cls(mean=float(a.mean()), p50=float(np.percentile(a, 50)), p90=float(np.percentile(a, 90)),
+                   p99=float(np.percentile(a, 99)))
+
+
+class SLO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttft_p99_s: float | None = None
+    tpot_p99_s: float | None = None
+
+
+class ServingReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    system: str
+    plan: str
+    tp: int
+    dp: int
+    dtype: str
+    qps: float | None = Field(description="offered load; None = all requests at t=0 (Offline)")
+    requests: int
+    completed: int
+    rejected: int
+    duration_s: float = Field(description="first arrival to last completion")
+    output_tokens_per_s: float
+    requests_per_s: float
+    ttft_s: Percentiles
+    tpot_s: Percentiles
+    e2e_s: Percentiles
+    preemptions: int
+    kv_capacity_tokens_per_replica: int
+    utilization: float = Field(description="fraction of the run the replicas were stepping")
+    slo: SLO
+    meets_slo: bool | None
+    wall_s: float = Field(description="simulator wall time")
+    notes: list[str] = Field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, requests: int = 1000, seed: int = 0,
+              dataset: str | None = None, prompt_tokens: int | None = None, output_tokens: int | None = None,
+              scheduler: SchedulerConfig | None = None, tp: int | None = None, dtype: str | None = None,
+              slo: SLO | None = None, request_list: list[Request] | None = None) -> ServingReport:
+    t0 = time.perf_counter()
+    sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
+    chip = sysspec.load_chip()
+    cal = serving_calibration()
+    sched = scheduler or SchedulerConfig(max_num_seqs=int(cal["max_num_seqs"].value),
+                                         max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
+                                         block_tokens=int(cal["kv_block_tokens"].value))
+    plan = plan_llm(lambda t: step_cost(model, sysspec, t, dtype), chip, sysspec.count, tp=tp, model=model)
+    cost = step_cost(model, sysspec, plan.tp, dtype)
+    reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
+                                    prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+    records: list[RequestRecord] = []
+    busy, preempt, end = 0.0, 0, 0.0
+    for part in route_round_robin(reqs, plan.dp):
+        if not part:
+            continue
+        recs, stats, finish = run_replica(part, cost, plan.kv_capacity_tokens, sched)
+        records += recs
+        busy += stats.busy_s
+        preempt += stats.preemptions
+        end = max(end, finish)
+    done = [r for r in records if r.finish_s is not None]
+    start = min(r.request.arrival_s for r in records)
+    duration = max(end - start, 1e-12)
+    ttft = [r.ttft_s for r in done if r.ttft_s is not None]
+    tpot = [r.tpot_s for r in done if r.tpot_s is not None]
+    rep = ServingReport(
+        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, dp=plan.dp, dtype=cost.dtype, qps=qps,
+        requests=len(records), completed=len(done), rejected=sum(r.rejected is not None for r in records),
+        duration_s=duration, output_tokens_per_s=sum(r.request.output_tokens for r in done) / duration,
+        requests_per_s=len(done) / duration, ttft_s=Percentiles.of(ttft), tpot_s=Percentiles.of(tpot),
+        e2e_s=Percentiles.of([r.e2e_s for r in done]), preemptions=preempt,
+        kv_capacity_tokens_per_replica=plan.kv_capacity_tokens, utilization=min(1.0, busy / (duration * plan.dp)),
+        slo=slo or SLO(), meets_slo=None, wall_s=0.0)
+    if slo is not None:
+        ok = rep.completed == rep.requests
+        if slo.ttft_p99_s is not None:
+            ok &= rep.ttft_s.p99 is not None and rep.ttft_s.p99 <= slo.ttft_p99_s
+        if slo.tpot_p99_s is not None:
+            ok &= rep.tpot_s.p99 is not None and rep.tpot_s.p99 <= slo.tpot_p99_s
+        rep.meets_slo = ok
+    if rep.rejected:
+        rep.notes.append(f"{rep.rejected} request(s) could not be served: "
+                         + next(r.rejected for r in records if r.rejected))
+    rep.wall_s = time.perf_counter() - t0
+    return rep

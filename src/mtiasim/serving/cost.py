@@ -1,0 +1,155 @@
+"""Step-time model of one tensor-parallel LLM replica, built from the analytical engine.
+
+A serving step runs every layer once over all tokens scheduled in it (prefill chunks and one
+token per decoding sequence). Its time splits into parts that depend on different things:
+- dense work per layer (norms, projections, FFN/MoE, residuals): depends on the step's token
+  count only. Measured from the captured zoo model of one tensor-parallel shard: the 2-layer
+  graph minus the 1-layer graph, non-attention kernels, on a grid of token counts;
+- the part outside the layers (embedding, final norm, LM head): 1-layer graph minus one layer;
+- decode attention per layer: one paged-attention kernel over all cached tokens of the decoding
+  sequences (its flops and bytes are those of a single query over the summed context);
+- prefill attention per layer and chunk: a causal attention kernel, by query-key pairs;
+- tensor parallelism: two all-reduces per layer of the step's activations (Megatron-LM).
+Grids are evaluated once (captures are cached on disk) and interpolated, so a step costs
+microseconds and a 10,000-request serving run takes seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from mtiasim.api import run_program, workload_graph
+from mtiasim.chips import ChipSpec
+from mtiasim.compiler import CompileOptions, compile
+from mtiasim.compiler.quantize import activation_dtype
+from mtiasim.frontend import zoo
+from mtiasim.graph import Graph, Node, TensorSpec
+from mtiasim.graph.dtypes import nbytes
+from mtiasim.system.collectives import allreduce_s
+
+TOKEN_GRID = [2**i for i in range(0, 15)]  # 1 .. 16384 tokens per step
+CONTEXT_GRID = [2**i for i in range(4, 24)]  # 16 .. 8M cached tokens per decode step
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What one step runs: prefill chunks as (new tokens, tokens before them) and the context
+    length of each decoding sequence."""
+
+    prefill: tuple[tuple[int, int], ...]
+    decode_contexts_sum: int
+    decode_count: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(q for q, _ in self.prefill) + self.decode_count
+
+
+class LLMStepCost:
+    def __init__(self, model: str, chip: ChipSpec, tp: int = 1, dtype: str | None = None,
+                 kv_dtype: str | None = None):
+        entry = zoo.get(model)
+        if entry.family != "llm":
+            raise ValueError(f"{model} is not an LLM (family {entry.family})")
+        self.model, self.chip, self.tp = model, chip, tp
+        self.cfg = entry.config()
+        self.dtype = dtype or entry.default_dtype
+        self.act_dtype = activation_dtype(self.dtype)
+        self.kv_dtype = kv_dtype or self.act_dtype
+        c = self.cfg
+        if c["n_heads"] % tp or c["ffn"] % tp:
+            raise ValueError(f"{model}: tensor parallelism {tp} does not divide {c['n_heads']} heads / ffn {c['ffn']}")
+        self.heads = c["n_heads"] // tp
+        self.kv_heads = max(1, c["n_kv_heads"] // tp)  # KV heads are replicated when tp > n_kv_heads
+        self.shard = {"n_heads": self.heads, "n_kv_heads": self.kv_heads, "ffn": c["ffn"] // tp,
+                      "head_dim": c["head_dim"], "vocab": math.ceil(c["vocab"] / tp)}
+        self.layers = c["n_layers"]
+
+    # ---- memory ---------------------------------------------------------------------------
+    @cached_property
+    def weight_bytes_per_chip(self) -> float:
+        return zoo.get(self.model).param_count() * nbytes(self.dtype) / self.tp
+
+    @property
+    def kv_bytes_per_token_per_chip(self) -> float:
+        return 2 * self.layers * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype)
+
+    # ---- grids -----------------------------------------------------------------------------
+    def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
+        """(non-attention time, attention time) of a shard with ``n_layers`` layers over ``tokens`` tokens."""
+        seq = min(tokens, 1024)  # dense work depends on the token count only; stay within context
+        g, w = workload_graph(self.model, batch=tokens // seq, seq_len=seq, phase="prefill", n_layers=n_layers,
+                              **self.shard)
+        p = compile(g, self.chip, CompileOptions(dtype=self.dtype, kv_dtype=self.kv_dtype),
+                    default_dtype=w.default_dtype)
+        r = run_program(p, model=w.name, phase="prefill", batch=w.batch, seq_len=seq, kv_len=None,
+                        dtype=self.dtype, items=tokens, item_unit="token")
+        attn = sum(o.time_s for o in r.ops if o.op == "attention")
+        return r.latency_s - attn, attn
+
+    @cached_property
+    def _dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        one = [self._program_times(1, n)[0] for n in TOKEN_GRID]
+        two = [self._program_times(2, n)[0] for n in TOKEN_GRID]
+        layer = np.maximum(np.array(two) - np.array(one), 0.0)
+        base = np.maximum(np.array(one) - layer, 0.0)
+        # more tokens never cost less: remove the ~0.1% wiggles that SRAM placement of the 1- and
+        # 2-layer graphs leaves in the differences
+        return np.array(TOKEN_GRID, dtype=float), np.maximum.accumulate(layer), np.maximum.accumulate(base)
+
+    def _attention_s(self, q: int, keys: int, causal: bool) -> float:
+        hd = self.cfg["head_dim"]
+        t = {"q": TensorSpec((1, self.heads, q, hd), self.act_dtype, "input"),
+             "k": TensorSpec((1, self.kv_heads, keys, hd), self.kv_dtype, "input"),
+             "v": TensorSpec((1, self.kv_heads, keys, hd), self.kv_dtype, "input"),
+             "o": TensorSpec((1, self.heads, q, hd), self.act_dtype)}
+        g = Graph("attention", t, [Node("attn", "attention", ["q", "k", "v"], ["o"], {"causal": causal})],
+                  ["q", "k", "v"], ["o"])
+        p = compile(g, self.chip, CompileOptions(dtype=self.dtype, kv_dtype=self.kv_dtype))
+        return run_program(p, model="attention", phase="step", batch=1, seq_len=q, kv_len=keys,
+                           dtype=self.dtype, items=q, item_unit="token").latency_s
+
+    @cached_property
+    def _decode_attention(self) -> tuple[np.ndarray, np.ndarray]:
+        y = np.array([self._attention_s(1, c, False) for c in CONTEXT_GRID])
+        return np.array(CONTEXT_GRID, float), np.maximum.accumulate(y)
+
+    @cached_property
+    def _prefill_attention(self) -> tuple[np.ndarray, np.ndarray]:
+        pairs = np.array([n * (n + 1) / 2 for n in TOKEN_GRID], float)
+        return pairs, np.maximum.accumulate(np.array([self._attention_s(n, n, True) for n in TOKEN_GRID]))
+
+    # ---- step ------------------------------------------------------------------------------
+    def dense_s(self, tokens: int) -> tuple[float, float]:
+        """(per-layer dense time, outside-layers time) for ``tokens`` tokens in a step."""
+        x, layer, base = self._dense
+        return float(_interp(tokens, x, layer)), float(_interp(tokens, x, base))
+
+    def step_s(self, step: StepShape) -> float:
+        n = step.tokens
+        if n == 0:
+            return 0.0
+        layer, base = self.dense_s(n)
+        attn = 0.0
+        if step.decode_count:
+            x, y = self._decode_attention
+            attn += float(_interp(step.decode_contexts_sum, x, y))
+        if step.prefill:
+            x, y = self._prefill_attention
+            for q, before in step.prefill:
+                pairs = q * before + q * (q + 1) / 2
+                attn += float(_interp(pairs, x, y))
+        comm = 2 * allreduce_s(self.chip, n * self.cfg["hidden"] * nbytes(self.act_dtype), self.tp)
+        return base + self.layers * (layer + attn + comm)
+
+
+def _interp(v: float, x: np.ndarray, y: np.ndarray) -> float:
+    """Piecewise-linear interpolation; linear extrapolation past the last point (costs grow)."""
+    if v <= x[-1]:
+        return float(np.interp(v, x, y))
+    slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+    return float(y[-1] + slope * (v - x[-1]))

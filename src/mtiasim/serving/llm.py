@@ -1,0 +1,190 @@
+"""Continuous batching of LLM requests over time (vLLM / TensorRT-LLM in-flight batching).
+
+Each data-parallel replica runs an independent loop: admit waiting requests while the batch and
+the paged KV cache allow it, build a step from one token per decoding sequence plus prefill
+chunks up to the step's token budget (chunked prefill), take the step's time from the cost
+model, advance the clock. A decoding sequence that needs a new KV block when none is free
+preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
+preemption). Requests are routed to replicas round-robin.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from mtiasim.serving.cost import LLMStepCost, StepShape
+from mtiasim.serving.traffic import Request
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 4096
+    block_tokens: int = 16
+    chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+
+
+@dataclass
+class RequestRecord:
+    request: Request
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    preemptions: int = 0
+    rejected: str | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.request.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        n = self.request.output_tokens
+        if self.finish_s is None or self.first_token_s is None or n < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (n - 1)
+
+    @property
+    def e2e_s(self) -> float | None:
+        return None if self.finish_s is None else self.finish_s - self.request.arrival_s
+
+
+@dataclass
+class _Seq:
+    rec: RequestRecord
+    prefill_target: int  # tokens to (re)compute before decoding
+    done: int = 0  # prefilled tokens
+    generated: int = 0
+    blocks: int = 0
+    active: bool = False  # in the running batch
+
+    @property
+    def context(self) -> int:
+        return self.rec.request.prompt_tokens + self.generated
+
+
+@dataclass
+class ReplicaStats:
+    steps: int = 0
+    busy_s: float = 0.0
+    preemptions: int = 0
+    max_batch_seen: int = 0
+    step_tokens: list[int] = field(default_factory=list)
+
+
+def _blocks(tokens: int, block: int) -> int:
+    return -(-tokens // block)
+
+
+def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg: SchedulerConfig
+                ) -> tuple[list[RequestRecord], ReplicaStats, float]:
+    """Simulate one replica; returns per-request records, stats and the time the last request ended."""
+    total_blocks = kv_tokens // cfg.block_tokens
+    free = total_blocks
+    reqs = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+    records = [RequestRecord(r) for r in reqs]
+    waiting: deque[_Seq] = deque()
+    running: list[_Seq] = []
+    stats = ReplicaStats()
+    now, i, n = 0.0, 0, len(reqs)
+
+    def release(s: _Seq) -> None:
+        nonlocal free
+        free += s.blocks
+        s.blocks = 0
+
+    while i < n or waiting or running:
+        while i < n and reqs[i].arrival_s <= now:
+            waiting.append(_Seq(records[i], reqs[i].prompt_tokens))
+            i += 1
+        if not waiting and not running:
+            now = reqs[i].arrival_s
+            continue
+        # admission (FIFO): the prompt's KV blocks must be free
+        while waiting and len(running) < cfg.max_num_seqs:
+            s = waiting[0]
+            need = _blocks(s.prefill_target + 1, cfg.block_tokens)
+            if need > total_blocks:
+                waiting.popleft()
+                s.rec.rejected = f"needs {need * cfg.block_tokens} KV tokens, replica holds {kv_tokens}"
+                continue
+            if need > free:
+                break
+            waiting.popleft()
+            free -= need
+            s.blocks, s.active = need, True
+            running.append(s)  # running stays in admission order
+        # decoding sequences need a block for the token they are about to write
+        decode = [s for s in running if s.done >= s.prefill_target]
+        for s in decode:
+            if not s.active:
+                continue
+            need = _blocks(s.context + 1, cfg.block_tokens) - s.blocks
+            while need > free and s.active:
+                victim = running.pop()  # the most recently admitted sequence
+                release(victim)
+                victim.active = False
+                victim.prefill_target, victim.done = victim.context, 0
+                victim.rec.preemptions += 1
+                stats.preemptions += 1
+                waiting.appendleft(victim)
+            if s.active and need > 0:
+                free -= need
+                s.blocks += need
+        decode = [s for s in running if s.done >= s.prefill_target]
+        budget = cfg.max_num_batched_tokens - len(decode)
+        chunks: list[tuple[_Seq, int]] = []
+        for s in running:
+            if s.done >= s.prefill_target or budget <= 0:
+                continue
+            left = s.prefill_target - s.done
+            if not cfg.chunked_prefill and left > budget and (chunks or decode):
+                break
+            take = left if not cfg.chunked_prefill else min(left, budget)
+            chunks.append((s, take))
+            budget -= take
+        if not decode and not chunks:  # nothing schedulable (all blocked): wait for the next arrival
+            if i < n:
+                now = max(now, reqs[i].arrival_s)
+                continue
+            for s in list(waiting):  # cannot ever be served
+                s.rec.rejected = s.rec.rejected or "KV cache too small for this request"
+            break
+        shape = StepShape(tuple((t, s.done) for s, t in chunks), sum(s.context for s in decode), len(decode))
+        dt = cost.step_s(shape)
+        now += dt
+        stats.steps += 1
+        stats.busy_s += dt
+        stats.max_batch_seen = max(stats.max_batch_seen, len(decode) + len(chunks))
+        finished = []
+        for s in decode:
+            s.generated += 1
+            if s.generated >= s.rec.request.output_tokens:
+                finished.append(s)
+        for s, t in chunks:
+            s.done += t
+            if s.done >= s.prefill_target:
+                s.generated += 1
+                if s.rec.first_token_s is None:
+                    s.rec.first_token_s = now
+                if s.generated >= s.rec.request.output_tokens:
+                    finished.append(s)
+        if finished:
+            for s in finished:
+                s.rec.finish_s = now
+                s.active = False
+                release(s)
+            running = [s for s in running if s.active]
+    return records, stats, now
+
+
+def route_round_robin(requests: list[Request], replicas: int) -> list[list[Request]]:
+    out: list[list[Request]] = [[] for _ in range(replicas)]
+    for k, r in enumerate(sorted(requests, key=lambda r: (r.arrival_s, r.id))):
+        out[k % replicas].append(r)
+    return out

@@ -1,0 +1,58 @@
+"""Request streams: Poisson arrivals (or all at once, for Offline) with per-dataset lengths."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import yaml
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+@lru_cache(maxsize=1)
+def datasets() -> dict:
+    return yaml.safe_load(resources.files("mtiasim").joinpath("data", "serving", "datasets.yaml").read_text())
+
+
+#: which dataset each zoo LLM is served with in MLPerf
+DATASET_OF = {"llama2-70b": "openorca", "llama2-7b": "openorca", "llama2-13b": "openorca",
+              "mixtral-8x7b": "openorca", "llama3.1-8b": "openorca", "llama3.1-70b": "openorca",
+              "llama3.1-405b": "openorca", "gptj-6b": "cnn_dailymail"}
+
+
+def _lengths(spec: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    if spec["kind"] == "constant":
+        return np.full(n, int(spec["value"]))
+    mean, cv = float(spec["mean"]), float(spec["cv"])
+    sigma = math.sqrt(math.log(1 + cv * cv))
+    mu = math.log(mean) - sigma * sigma / 2
+    x = rng.lognormal(mu, sigma, n)
+    return np.clip(np.rint(x), spec["min"], spec["max"]).astype(int)
+
+
+def generate(n: int, qps: float | None, *, dataset: str = "openorca", seed: int = 0,
+             prompt_tokens: int | None = None, output_tokens: int | None = None) -> list[Request]:
+    """``n`` requests. ``qps`` None means all arrive at t=0 (MLPerf Offline); otherwise Poisson
+    arrivals at ``qps``. Lengths come from ``dataset`` unless fixed by the arguments."""
+    if n < 1:
+        raise ValueError("n (number of requests) must be >= 1")
+    if qps is not None and qps <= 0:
+        raise ValueError(f"qps must be > 0, got {qps}")
+    ds = datasets().get(dataset)
+    if ds is None:
+        raise ValueError(f"unknown dataset '{dataset}'; known: {', '.join(datasets())}")
+    rng = np.random.default_rng(seed)
+    arrivals = np.zeros(n) if qps is None else np.cumsum(rng.exponential(1.0 / qps, n))
+    pin = np.full(n, prompt_tokens) if prompt_tokens else _lengths(ds["input"], n, rng)
+    pout = np.full(n, output_tokens) if output_tokens else _lengths(ds["output"], n, rng)
+    return [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(arrivals, pin, pout))]

@@ -1,0 +1,47 @@
+"""Collective costs on a chip's scale-up link (ring algorithms, alpha-beta model).
+
+Ring all-reduce over n chips moves 2 (n-1)/n of the buffer over each link in 2 (n-1) steps; all-
+to-all moves (n-1)/n in n-1 steps (Thakur, Rabenseifner and Gropp, IJHPCA 2005). The achievable
+fraction of the link bandwidth and the per-step latency are calibration data
+(``data/calibration/collectives.yaml``), with their sources."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from mtiasim.calibration import CalValue, Fraction
+from mtiasim.chips import ChipSpec
+
+
+@lru_cache(maxsize=1)
+def _cal() -> dict[str, CalValue]:
+    raw = yaml.safe_load(resources.files("mtiasim").joinpath("data", "calibration", "collectives.yaml").read_text())
+    return {"link_efficiency": Fraction.model_validate(raw["link_efficiency"]),
+            "step_latency_s": CalValue.model_validate(raw["step_latency_s"])}
+
+
+def link_bandwidth_bytes_per_s(chip: ChipSpec) -> float:
+    link = chip.scale_up or chip.host_link
+    bw = link.bandwidth_bytes_per_s.value
+    if not bw:
+        raise ValueError(f"chip '{chip.name}': scale-up bandwidth is unknown; set scale_up.bandwidth_bytes_per_s")
+    return bw
+
+
+def allreduce_s(chip: ChipSpec, nbytes: float, n: int) -> float:
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    c = _cal()
+    bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
+    return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * c["step_latency_s"].value
+
+
+def alltoall_s(chip: ChipSpec, nbytes: float, n: int) -> float:
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    c = _cal()
+    bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
+    return (n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value

@@ -1,0 +1,184 @@
+"""Serving: traffic, the continuous-batching loop (golden timelines with a constant-cost stub),
+the step-cost model's physics, system plans, and the end-to-end serve API."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mtiasim.chips import load_chip
+from mtiasim.serving import SLO, serve_llm, step_cost
+from mtiasim.serving.cost import StepShape
+from mtiasim.serving.llm import SchedulerConfig, route_round_robin, run_replica
+from mtiasim.serving.traffic import Request, generate
+from mtiasim.system.collectives import allreduce_s
+from mtiasim.system.plan import DoesNotFit, plan_llm
+from mtiasim.system.spec import SystemSpec
+
+
+class ConstantStep:
+    """A cost model whose every step takes ``dt`` seconds, to check the scheduler's timeline."""
+
+    def __init__(self, dt=0.01):
+        self.dt = dt
+        self.shapes = []
+
+    def step_s(self, shape):
+        self.shapes.append(shape)
+        return self.dt
+
+
+def test_single_request_timeline_by_hand():
+    # prompt 100 tokens with 64 tokens per step: prefill takes 2 steps (64 + 36) and emits the first
+    # token at t = 0.02; the other 9 tokens take one decode step each: done at t = 0.11
+    cost = ConstantStep(0.01)
+    recs, stats, end = run_replica([Request(0, 0.0, 100, 10)], cost, 10_000,
+                                   SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64))
+    (r,) = recs
+    assert r.ttft_s == pytest.approx(0.02) and r.e2e_s == pytest.approx(0.11) and r.tpot_s == pytest.approx(0.01)
+    assert stats.steps == 11 and end == pytest.approx(0.11)
+    assert [s.tokens for s in cost.shapes[:3]] == [64, 36, 1]
+    assert cost.shapes[1].prefill == ((36, 64),)  # second chunk attends to the first 64 tokens
+    assert cost.shapes[2].decode_contexts_sum == 101  # prompt + first generated token
+
+
+def test_requests_share_steps():
+    cost = ConstantStep(0.01)
+    reqs = [Request(0, 0.0, 10, 5), Request(1, 0.0, 10, 5)]
+    recs, stats, _ = run_replica(reqs, cost, 10_000, SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64))
+    assert stats.steps == 5  # both prefilled in one step, then 4 shared decode steps
+    assert all(r.e2e_s == pytest.approx(0.05) for r in recs)
+
+
+def test_max_batch_queues_the_rest():
+    cost = ConstantStep(0.01)
+    reqs = [Request(i, 0.0, 4, 3) for i in range(3)]
+    recs, _, _ = run_replica(reqs, cost, 10_000, SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=64))
+    ttfts = sorted(r.ttft_s for r in recs)
+    assert ttfts[:2] == [pytest.approx(0.01)] * 2 and ttfts[2] == pytest.approx(0.04)  # waits for a slot
+
+
+def test_idle_gap_jumps_to_next_arrival():
+    cost = ConstantStep(0.01)
+    recs, _, end = run_replica([Request(0, 5.0, 8, 2)], cost, 10_000, SchedulerConfig())
+    assert recs[0].first_token_s == pytest.approx(5.01) and end == pytest.approx(5.02)
+
+
+def test_kv_pressure_preempts_and_everything_still_completes():
+    # 4 sequences growing to 64 tokens each need 4 x 4 blocks of 16; only 10 blocks exist
+    cost = ConstantStep(0.001)
+    reqs = [Request(i, 0.0, 16, 48) for i in range(4)]
+    recs, stats, _ = run_replica(reqs, cost, 160, SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256))
+    assert stats.preemptions > 0
+    assert all(r.finish_s is not None for r in recs)
+    assert sum(r.preemptions for r in recs) == stats.preemptions
+
+
+def test_request_larger_than_the_kv_cache_is_rejected_with_numbers():
+    recs, _, _ = run_replica([Request(0, 0.0, 500, 4)], ConstantStep(), 160, SchedulerConfig())
+    assert recs[0].finish_s is None and "KV tokens" in recs[0].rejected
+
+
+def test_round_robin_routing():
+    parts = route_round_robin([Request(i, float(i), 1, 1) for i in range(7)], 3)
+    assert [len(p) for p in parts] == [3, 2, 2] and parts[1][0].id == 1
+
+
+def test_poisson_traffic_is_seeded_and_has_the_right_rate():
+    a = generate(20_000, 50.0, seed=3)
+    assert a == generate(20_000, 50.0, seed=3) and a != generate(20_000, 50.0, seed=4)
+    gaps = np.diff([r.arrival_s for r in a])
+    assert np.mean(gaps) == pytest.approx(1 / 50.0, rel=0.03)
+    assert all(1 <= r.prompt_tokens <= 1024 and 1 <= r.output_tokens <= 1024 for r in a)
+    # OpenOrca output mean 294.45 tokens (MLPerf reference); clipping at 1024 pulls it down a little
+    assert np.mean([r.output_tokens for r in a]) == pytest.approx(294.45, rel=0.08)
+    offline = generate(10, None, prompt_tokens=7, output_tokens=3)
+    assert all(r.arrival_s == 0 and r.prompt_tokens == 7 and r.output_tokens == 3 for r in offline)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        generate(1, 1.0, dataset="nope")
+
+
+H100x8 = SystemSpec.parse("h100-sxm-80gb:8")
+
+
+def test_step_cost_physics():
+    c = step_cost("llama2-7b", SystemSpec.parse("h100-sxm-80gb:1"), 1, "bf16")
+    s = [c.step_s(StepShape(((n, 0),), 0, 0)) for n in (1, 16, 256, 4096)]
+    assert s == sorted(s) and s[0] > 0
+    # one decode token streams every weight once: at least weights / HBM bandwidth
+    one = c.step_s(StepShape((), 512, 1))
+    assert one >= c.weight_bytes_per_chip / load_chip("h100-sxm-80gb").dram.bandwidth_bytes_per_s.value
+    # more cached context means more KV to read
+    assert c.step_s(StepShape((), 64 * 4096, 64)) > c.step_s(StepShape((), 64 * 128, 64))
+    # a later chunk of a prompt attends to more keys
+    assert c.step_s(StepShape(((512, 3072),), 0, 0)) > c.step_s(StepShape(((512, 0),), 0, 0))
+
+
+def test_tensor_parallel_shard_is_faster_but_pays_for_all_reduces():
+    one = step_cost("llama2-70b", H100x8, 1, "fp8")
+    two = step_cost("llama2-70b", H100x8, 2, "fp8")
+    prefill = StepShape(((1024, 0),), 0, 0)
+    assert 0.5 * one.step_s(prefill) < two.step_s(prefill) < one.step_s(prefill)
+    assert two.weight_bytes_per_chip == pytest.approx(one.weight_bytes_per_chip / 2)
+    # ring all-reduce of 1 MB over 8 chips: 2*7/8 of it per link at 78% of 450 GB/s, + 14 steps
+    chip = load_chip("h100-sxm-80gb")
+    assert allreduce_s(chip, 1e6, 8) == pytest.approx(2 * 7 / 8 * 1e6 / (450e9 * 0.78) + 14 * 5e-6)
+    assert allreduce_s(chip, 1e6, 1) == 0
+
+
+def test_plans():
+    p = plan_llm(lambda t: step_cost("llama2-70b", H100x8, t, "fp8"), load_chip("h100-sxm-80gb"), 8, model="llama2-70b")
+    assert (p.tp, p.dp) == (1, 8) and p.kv_capacity_tokens > 2048
+    p2 = plan_llm(lambda t: step_cost("llama2-70b", H100x8, t, "bf16"), load_chip("h100-sxm-80gb"), 8, model="llama2-70b")
+    assert p2.tp == 2  # 138 GB of BF16 weights need two 80 GB GPUs
+    one = SystemSpec.parse("mtia-200:1")
+    with pytest.raises(DoesNotFit, match=r"llama2-70b does not fit on mtia-200:1: TP=1: weights 138.0 GB/chip"):
+        plan_llm(lambda t: step_cost("llama2-70b", one, t, "bf16"), one.load_chip(), 1, model="llama2-70b")
+
+
+def test_system_spec_parsing(tmp_path):
+    s = SystemSpec.parse("mi300x:8")
+    assert (s.chip, s.count, s.name) == ("mi300x", 8, "mi300x:8")
+    assert SystemSpec.parse("mtia-400").count == 1
+    f = tmp_path / "sys.yaml"
+    f.write_text("chip: h100-sxm-80gb\ncount: 4\nchip_overrides: {power.tdp_w: 500}\n")
+    assert SystemSpec.parse(str(f)).load_chip().power.tdp_w.value == 500
+    for bad in ("h100-sxm-80gb:x", "h100-sxm-80gb:0", ":4"):
+        with pytest.raises(ValueError, match="system"):
+            SystemSpec.parse(bad)
+
+
+def test_serve_end_to_end_slo_and_determinism():
+    kw = dict(requests=300, dtype="fp8", prompt_tokens=256, output_tokens=64)
+    slo = SLO(ttft_p99_s=2.0, tpot_p99_s=0.2)
+    low = serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=2.0, slo=slo, **kw)
+    assert low.completed == 300 and low.meets_slo and low.dp == 2
+    assert low.tpot_s.p50 <= low.tpot_s.p99 and low.ttft_s.p99 < 2.0
+    again = serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=2.0, slo=slo, **kw)
+    assert low.model_dump(exclude={"wall_s"}) == again.model_dump(exclude={"wall_s"})
+    offline = serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=None, **kw)
+    assert offline.output_tokens_per_s > 5 * low.output_tokens_per_s  # batching pays
+    # far beyond capacity the queue grows and TTFT explodes
+    over = serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=offline.requests_per_s * 3, slo=slo, **kw)
+    assert over.ttft_s.p99 > 10 * low.ttft_s.p99
+    assert math.isclose(sum([over.completed]), 300)
+
+
+def test_cli_serve_json_and_errors():
+    import json
+
+    from typer.testing import CliRunner
+
+    from mtiasim.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "llama2-7b", "--system", "h100-sxm-80gb:1", "--qps", "2", "--requests", "50",
+                                 "--input-len", "128", "--output-len", "16", "--ttft-p99", "2s", "--tpot-p99", "200ms",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["completed"] == 50 and d["meets_slo"] is True and d["slo"] == {"ttft_p99_s": 2.0, "tpot_p99_s": 0.2}
+    assert d["ttft_s"]["p99"] > 0 and d["output_tokens_per_s"] > 0
+    bad = CliRunner().invoke(app, ["serve", "llama2-70b", "--system", "mtia-200:1", "--dtype", "bf16"])
+    assert bad.exit_code == 2 and "does not fit" in bad.output
+    unit = CliRunner().invoke(app, ["serve", "llama2-7b", "--system", "h100-sxm-80gb:1", "--ttft-p99", "2GB"])
+    assert unit.exit_code != 0 and "--ttft-p99" in unit.output
