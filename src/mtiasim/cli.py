@@ -222,6 +222,50 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
 
 
+@app.command("mlperf")
+def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. llama2-70b, mixtral-8x7b, gptj."),
+           system: str = typer.Option("h100-sxm-80gb:8", "--system", help="CHIP:COUNT or a SystemSpec YAML file."),
+           scenario: str = typer.Option("Offline", "--scenario", help="Offline, Server or Interactive."),
+           as_json: bool = typer.Option(False, "--json")):
+    """Predict an MLPerf Inference result (LLM benchmarks) for a system."""
+    from mtiasim.report.tables import serving_table
+    from mtiasim.serving.mlperf import predict_llm
+
+    try:
+        p = predict_llm(benchmark, system, scenario.capitalize())
+    except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
+        _fail(e)
+    if as_json:
+        _dump(p.model_dump(mode="json"))
+        return
+    out.print(serving_table(p.report))
+    qps = "all at t=0" if p.qps is None else f"{p.qps:.3g} queries/s"
+    out.print(f"[bold]{p.benchmark} {p.scenario} on {p.system}[/bold]: {p.tokens_per_s:,.0f} tokens/s, "
+              f"{p.samples_per_s:,.2f} samples/s ({qps})" + ("" if p.meets_bounds is None else
+                                                             f"; latency bounds {'met' if p.meets_bounds else 'MISSED'}"))
+    out.print(f"deployment: {p.deployment}")
+
+
+@app.command("validate")
+def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
+                                                 "mlperf_calibration.csv (default: the packaged calibration set)."),
+                 as_json: bool = typer.Option(False, "--json")):
+    """Predict every row of a measurement CSV and report the errors (MAPE, coverage)."""
+    from mtiasim.validate import validate
+
+    try:
+        rep = validate(data)
+    except ValueError as e:
+        _fail(e)
+    if as_json:
+        _dump(rep.model_dump(mode="json"))
+        return
+    from mtiasim.report.tables import validation_tables
+
+    for t in validation_tables(rep):
+        out.print(t)
+
+
 def main() -> None:
     app()
 

@@ -135,3 +135,39 @@ def serving_table(rep: Any) -> Table:
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def validation_tables(rep: Any) -> list[Table]:
+    rows = Table(title=f"validation against {rep.source}: per row (predicted rows)")
+    for c in ("round", "system", "accel", "n", "benchmark", "scenario", "metric", "measured", "predicted", "APE %"):
+        rows.add_column(c, justify="right" if c in ("n", "measured", "predicted", "APE %") else "left")
+    for r in rep.by_row:
+        if r.prediction is None:
+            continue
+        d = r.model_dump()
+        rows.add_row(d.get("round", ""), str(d.get("system", ""))[:38], d["accelerator"], d["n_accel"], d["benchmark"],
+                     d["scenario"], d["metric"], f"{float(d['value']):.4g}", f"{r.prediction:.4g}", f"{r.ape_pct:.1f}")
+    out = [rows]
+    for title, group in (("by kind", rep.by_kind), ("by benchmark", rep.by_benchmark),
+                         ("by accelerator", rep.by_accelerator), ("by metric", rep.by_metric)):
+        t = Table(title=f"totals {title}")
+        for c in ("group", "rows", "predicted", "coverage %", "MAPE %", "median APE %"):
+            t.add_column(c, justify="left" if c == "group" else "right")
+        for k, v in group.items():
+            t.add_row(k, str(v.rows), str(v.predicted), f"{v.coverage_pct:.0f}",
+                      "-" if v.mape_pct is None else f"{v.mape_pct:.1f}",
+                      "-" if v.median_ape_pct is None else f"{v.median_ape_pct:.1f}")
+        out.append(t)
+    tot = Table(title="overall", show_header=False)
+    tot.add_column("k")
+    tot.add_column("v", justify="right")
+    tot.add_row("rows / predicted / coverage", f"{rep.rows} / {rep.predicted} / {rep.coverage_pct:.0f}%")
+    tot.add_row("MAPE / median APE", f"{rep.mape_pct or 0:.1f}% / {rep.median_ape_pct or 0:.1f}%")
+    reasons: dict[str, int] = {}
+    for r in rep.by_row:
+        if r.reason:
+            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]:
+        tot.add_row(f"unsupported: {why[:90]}", str(n))
+    out.append(tot)
+    return out

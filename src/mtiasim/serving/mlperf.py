@@ -1,0 +1,126 @@
+"""MLPerf Inference scenarios on top of the serving simulator.
+
+- Offline: every request at t=0; the result is the completed throughput.
+- Server / Interactive: the largest Poisson rate whose p99 TTFT and TPOT (or end-to-end latency
+  for GPT-J) meet the benchmark's bounds, found by bisection; the result is the throughput at it.
+Bounds and deployments (precision, TP, batch limits: software choices) are data, with sources.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from mtiasim.serving import SLO, ServingReport, serve_llm
+from mtiasim.serving.llm import SchedulerConfig
+from mtiasim.system.plan import serving_calibration
+from mtiasim.system.spec import SystemSpec
+
+SCENARIOS = ("Offline", "Server", "Interactive")
+
+
+@lru_cache(maxsize=1)
+def _data(name: str) -> dict:
+    return yaml.safe_load(resources.files("mtiasim").joinpath("data", "mlperf", name).read_text())
+
+
+def benchmark_info(benchmark: str) -> dict[str, Any]:
+    """``llama2-70b-99.9`` -> the llama2-70b entry (accuracy variants share the model)."""
+    base = benchmark.lower()
+    for suffix in ("-99.9", "-99"):
+        base = base.removesuffix(suffix)
+    base = {"llama2-70b-interactive": "llama2-70b"}.get(base, base)
+    info = _data("scenarios.yaml")["benchmarks"].get(base)
+    if info is None:
+        raise ValueError(f"unsupported MLPerf benchmark '{benchmark}'; supported: "
+                         f"{', '.join(_data('scenarios.yaml')['benchmarks'])}")
+    return {"benchmark": base, **info}
+
+
+def deployment(benchmark: str, chip: str) -> dict[str, Any]:
+    entries = _data("deployments.yaml").get(benchmark, {})
+    d = dict(entries.get("default", {}))
+    d.update(entries.get(chip, {}))
+    return d
+
+
+class MLPerfPrediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    benchmark: str
+    system: str
+    scenario: str
+    qps: float | None
+    tokens_per_s: float
+    samples_per_s: float
+    p99_ttft_s: float | None
+    p99_tpot_s: float | None
+    p99_e2e_s: float | None
+    meets_bounds: bool | None
+    deployment: dict[str, Any]
+    report: ServingReport
+
+
+def _slo(benchmark: str, scenario: str) -> SLO | dict:
+    b = _data("scenarios.yaml")["bounds"].get(benchmark, {}).get(scenario)
+    if b is None:
+        raise ValueError(f"no {scenario} latency bounds for {benchmark} in data/mlperf/scenarios.yaml")
+    return b
+
+
+def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
+                seed: int = 0, qps: float | None = None, search_steps: int = 9) -> MLPerfPrediction:
+    """Predict an MLPerf LLM result. Offline simulates the benchmark's whole sample set (so
+    batches reach steady state) unless ``requests`` is given; each Server probe uses 3,000
+    requests. With ``qps`` given (Server/Interactive), run at that load instead of searching
+    (e.g. to predict the latencies a submission measured at its own load)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {SCENARIOS}, got '{scenario}'")
+    info = benchmark_info(benchmark)
+    sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
+    dep = deployment(info["benchmark"], sysspec.chip)
+    cal = serving_calibration()
+    sched = SchedulerConfig(max_num_seqs=int(dep.get("max_num_seqs", cal["max_num_seqs"].value)),
+                            max_num_batched_tokens=int(dep.get("max_num_batched_tokens",
+                                                               cal["max_num_batched_tokens"].value)),
+                            block_tokens=int(cal["kv_block_tokens"].value))
+    n_offline = requests or int(info["samples"])
+    n_server = requests or min(3000, int(info["samples"]))
+    kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), dtype=dep.get("dtype"))
+    if sysspec.count % (dep.get("tp") or 1):
+        kw["tp"] = None  # the submitters' TP does not divide this system: plan it
+    bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
+    slo = SLO(ttft_p99_s=bounds.get("ttft_p99_s"), tpot_p99_s=bounds.get("tpot_p99_s"))
+
+    def run(rate: float | None) -> ServingReport:
+        return serve_llm(info["model"], sysspec, qps=rate, requests=n_offline if rate is None else n_server,
+                         slo=slo if scenario != "Offline" else None, **kw)
+
+    def ok(rep: ServingReport) -> bool:
+        if "e2e_p99_s" in bounds:
+            return rep.completed == rep.requests and (rep.e2e_s.p99 or 0) <= bounds["e2e_p99_s"]
+        return bool(rep.meets_slo)
+
+    if scenario == "Offline":
+        rep = run(None)
+    elif qps is not None:
+        rep = run(qps)
+    else:
+        cap = run(None).requests_per_s
+        lo, hi, best = 0.0, 1.2 * cap, None
+        for _ in range(search_steps):
+            mid = (lo + hi) / 2 if best is not None or lo > 0 else 0.5 * cap
+            rep = run(mid)
+            if ok(rep):
+                lo, best = mid, rep
+            else:
+                hi = mid
+        rep = best or run(max(lo, 0.01 * cap))
+    tok = rep.output_tokens_per_s
+    return MLPerfPrediction(
+        benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=rep.qps, tokens_per_s=tok,
+        samples_per_s=rep.requests_per_s, p99_ttft_s=rep.ttft_s.p99, p99_tpot_s=rep.tpot_s.p99,
+        p99_e2e_s=rep.e2e_s.p99, meets_bounds=None if scenario == "Offline" else ok(rep), deployment=dep, report=rep)

@@ -1,0 +1,193 @@
+"""Validation: predict published measurements and report the error of every prediction.
+
+``validate("rows.csv")`` reads any CSV with the columns of shared/calibration/mlperf_calibration.csv
+(``accelerator``, ``n_accel``, ``benchmark``, ``scenario``, ``metric``, ``value`` at least),
+predicts each row it can and says why it cannot predict the others. Unsupported rows count
+against coverage; none is dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from mtiasim.chips import list_chips
+from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, predict_llm
+from mtiasim.serving.traffic import datasets
+
+REQUIRED = ("accelerator", "n_accel", "benchmark", "scenario", "metric", "value")
+
+#: metric -> (kind, what it reads from a prediction)
+METRICS = {
+    "tokens_per_second": ("throughput", "tokens_per_s"),
+    "completed_tokens_per_second": ("throughput", "tokens_per_s"),
+    "samples_per_second": ("throughput", "samples_per_s"),
+    "completed_samples_per_second": ("throughput", "samples_per_s"),
+    "scheduled_samples_per_second": ("throughput", "samples_per_s"),
+    "p99_ttft_ms": ("latency", "p99_ttft_s"),
+    "p99_tpot_ms": ("latency", "p99_tpot_s"),
+    "p99_latency_ms": ("latency", "p99_e2e_s"),
+}
+
+
+class RowResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prediction: float | None
+    ape_pct: float | None
+    reason: str | None = None
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: int
+    predicted: int
+    coverage_pct: float
+    mape_pct: float | None
+    median_ape_pct: float | None
+
+
+class ValidationReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    rows: int
+    predicted: int
+    coverage_pct: float
+    mape_pct: float | None
+    median_ape_pct: float | None
+    by_kind: dict[str, Summary]
+    by_benchmark: dict[str, Summary]
+    by_accelerator: dict[str, Summary]
+    by_metric: dict[str, Summary]
+    by_row: list[RowResult]
+
+
+def default_data() -> Path:
+    return Path(str(resources.files("mtiasim").joinpath("data", "mlperf", "mlperf_calibration.csv")))
+
+
+def _summary(rs: list[RowResult]) -> Summary:
+    apes = [r.ape_pct for r in rs if r.ape_pct is not None]
+    return Summary(rows=len(rs), predicted=len(apes), coverage_pct=100.0 * len(apes) / len(rs) if rs else 0.0,
+                   mape_pct=statistics.fmean(apes) if apes else None,
+                   median_ape_pct=statistics.median(apes) if apes else None)
+
+
+def _preset(accelerator: str) -> str | None:
+    name = accelerator.strip().lower()
+    return name if name in set(list_chips()) else None
+
+
+class _Predictor:
+    """Memoises predictions: many rows share a (benchmark, system, scenario)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple, MLPerfPrediction] = {}
+
+    def get(self, benchmark: str, system: str, scenario: str, qps: float | None = None) -> MLPerfPrediction:
+        key = (benchmark, system, scenario, qps)
+        if key not in self.cache:
+            self.cache[key] = predict_llm(benchmark, system, scenario, qps=qps)
+        return self.cache[key]
+
+
+def _load_of(row: dict[str, str], rows: list[dict[str, str]], info: dict[str, Any]) -> float | None:
+    """Queries/s a Server submission ran at, from its own throughput row (the scenario's input)."""
+    same = [r for r in rows if all(r.get(k) == row.get(k) for k in ("round", "submitter", "system", "benchmark",
+                                                                      "scenario"))]
+    for r in same:
+        if r["metric"] in ("completed_samples_per_second", "scheduled_samples_per_second"):
+            return float(r["value"])
+    for r in same:
+        if r["metric"] == "completed_tokens_per_second" and info["dataset"]:
+            return float(r["value"]) / float(datasets()[info["dataset"]]["output"]["mean"])
+    return None
+
+
+def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Predictor) -> tuple[float | None, str | None]:
+    metric = row["metric"].strip()
+    if metric not in METRICS:
+        return None, f"metric '{metric}' is not predicted (supported: {', '.join(METRICS)})"
+    chip = _preset(row["accelerator"])
+    if chip is None:
+        return None, f"accelerator '{row['accelerator']}' has no chip preset"
+    try:
+        info = benchmark_info(row["benchmark"])
+    except ValueError as e:
+        return None, str(e)
+    if info["model"] == "dlrm-v2":
+        return None, "dlrm-v2 MLPerf scenarios (aggregated ranking queries) are not simulated yet"
+    scenario = row["scenario"].strip()
+    try:
+        n = int(float(row["n_accel"]))
+    except ValueError:
+        return None, f"n_accel '{row['n_accel']}' is not a number"
+    system = f"{chip}:{n}"
+    kind, field = METRICS[metric]
+    try:
+        if kind == "latency":
+            if scenario == "Offline":
+                return None, "latency rows are only defined for Server/Interactive"
+            qps = _load_of(row, rows, info)
+            if qps is None:
+                return None, "no throughput row for this submission to take its load from"
+            pred = predictor.get(info["benchmark"], system, scenario, qps=round(qps, 6))
+        else:
+            pred = predictor.get(info["benchmark"], system, scenario)
+    except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
+        return None, str(e)
+    value = getattr(pred, field)
+    if value is None:
+        return None, f"the simulation produced no {field}"
+    if metric.endswith("_ms"):
+        value *= 1e3
+    if info["unit"] == "sample" and field == "tokens_per_s":
+        return None, "token throughput of a sample-metric benchmark is not predicted"
+    return value, None
+
+
+def validate(path: str | Path | None = None) -> ValidationReport:
+    path = Path(path) if path else default_data()
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}; need {list(REQUIRED)}")
+            rows = list(reader)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
+    predictor = _Predictor()
+    results: list[RowResult] = []
+    for i, row in enumerate(rows):
+        try:
+            measured = float(row["value"])
+        except ValueError:
+            results.append(RowResult(**row, prediction=None, ape_pct=None, reason=f"row {i + 2}: value is not a number"))
+            continue
+        pred, reason = predict_row(row, rows, predictor)
+        ape = abs(pred - measured) / abs(measured) * 100 if pred is not None and measured else None
+        if pred is not None and (ape is None or math.isnan(ape)):
+            pred, reason = None, "measured value is zero"
+        results.append(RowResult(**row, prediction=pred, ape_pct=ape, reason=reason))
+    groups: dict[str, dict[str, list[RowResult]]] = {k: defaultdict(list) for k in ("kind", "benchmark", "accel", "metric")}
+    for r, row in zip(results, rows):
+        groups["kind"][METRICS.get(row["metric"], ("other",))[0]].append(r)
+        groups["benchmark"][row["benchmark"]].append(r)
+        groups["accel"][row["accelerator"]].append(r)
+        groups["metric"][row["metric"]].append(r)
+    total = _summary(results)
+    return ValidationReport(
+        source=str(path), rows=total.rows, predicted=total.predicted, coverage_pct=total.coverage_pct,
+        mape_pct=total.mape_pct, median_ape_pct=total.median_ape_pct,
+        by_kind={k: _summary(v) for k, v in groups["kind"].items()},
+        by_benchmark={k: _summary(v) for k, v in groups["benchmark"].items()},
+        by_accelerator={k: _summary(v) for k, v in groups["accel"].items()},
+        by_metric={k: _summary(v) for k, v in groups["metric"].items()},
+        by_row=results)

@@ -1,0 +1,84 @@
+"""Validation: every row is either predicted (with its error) or reported unsupported with a reason."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mtiasim.cli import app
+from mtiasim.serving.mlperf import benchmark_info, predict_llm
+from mtiasim.validate import default_data, validate
+
+MINI = Path(__file__).parent / "data" / "mini_mlperf.csv"
+
+
+@pytest.fixture(scope="module")
+def report():
+    return validate(MINI)
+
+
+def test_every_row_is_accounted_for(report):
+    assert report.rows == 7 and len(report.by_row) == 7
+    predicted = [r for r in report.by_row if r.prediction is not None]
+    assert len(predicted) == 3 == report.predicted
+    assert report.coverage_pct == pytest.approx(300 / 7)
+    for r in report.by_row:
+        assert (r.prediction is None) == (r.reason is not None)
+        assert r.model_dump()["accelerator"]  # the input row's own columns are kept
+    reasons = " | ".join(r.reason for r in report.by_row if r.reason)
+    assert "avg_system_power_w" in reasons and "no chip preset" in reasons and "resnet50" in reasons
+    assert "frobs_per_second" in reasons
+
+
+def test_errors_are_computed_from_prediction_and_measurement(report):
+    for r in report.by_row:
+        if r.prediction is not None:
+            measured = float(r.model_dump()["value"])
+            assert r.ape_pct == pytest.approx(abs(r.prediction - measured) / measured * 100)
+    apes = [r.ape_pct for r in report.by_row if r.ape_pct is not None]
+    assert report.mape_pct == pytest.approx(sum(apes) / len(apes))
+    assert report.by_kind["throughput"].predicted == 2 and report.by_kind["latency"].predicted == 1
+
+
+def test_accelerator_names_map_case_insensitively(report):
+    # 'h100-sxm-80gb' (lower case) reached the metric check, not the preset check
+    row = next(r for r in report.by_row if r.model_dump()["metric"] == "avg_system_power_w")
+    assert "not predicted" in row.reason
+
+
+def test_bad_files_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("accelerator,benchmark\nH100-SXM-80GB,llama2-70b-99\n")
+    with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) \['n_accel', 'scenario', 'metric', 'value'\]"):
+        validate(bad)
+    with pytest.raises(ValueError, match="cannot read"):
+        validate(tmp_path / "nope.csv")
+
+
+def test_packaged_calibration_set_is_the_shared_one():
+    assert default_data().exists()
+    assert default_data().read_text().splitlines()[0].startswith("round,submitter,system,accelerator,n_accel")
+
+
+def test_benchmark_names():
+    assert benchmark_info("llama2-70b-99.9")["model"] == "llama2-70b"
+    assert benchmark_info("gptj-99")["model"] == "gptj-6b"
+    with pytest.raises(ValueError, match="unsupported MLPerf benchmark 'bert-99'"):
+        benchmark_info("bert-99")
+
+
+def test_server_prediction_meets_its_bounds():
+    p = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", requests=400, search_steps=6)
+    assert p.meets_bounds and p.p99_ttft_s <= 2.0 and p.p99_tpot_s <= 0.1  # mlperf.conf bounds
+    off = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Offline", requests=400)
+    assert off.tokens_per_s >= p.tokens_per_s  # no latency bound: at least as much throughput
+
+
+def test_cli_validate_json():
+    r = CliRunner().invoke(app, ["validate", "--data", str(MINI), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    for key in ("rows", "predicted", "coverage_pct", "mape_pct", "median_ape_pct", "by_row"):
+        assert key in d
+    assert {"accelerator", "benchmark", "scenario", "metric", "value", "prediction", "ape_pct"} <= set(d["by_row"][0])
