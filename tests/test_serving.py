@@ -182,3 +182,46 @@ def test_cli_serve_json_and_errors():
     assert bad.exit_code == 2 and "does not fit" in bad.output
     unit = CliRunner().invoke(app, ["serve", "llama2-7b", "--system", "h100-sxm-80gb:1", "--ttft-p99", "2GB"])
     assert unit.exit_code != 0 and "--ttft-p99" in unit.output
+
+
+class LinearBatch:
+    """Batch time a + b * pairs, to check the batcher by hand."""
+
+    def __init__(self, a=1e-3, b=1e-8):
+        self.a, self.b = a, b
+
+    def batch_s(self, pairs):
+        return self.a + self.b * pairs
+
+
+def test_ranking_batcher_waits_for_timeout_at_light_load():
+    from mtiasim.serving.ranking import QueryMix, serve_ranking
+
+    # 10 queries/s, 1 chip: a typical query runs alone after the 5 ms timeout:
+    # latency = 5 ms + 1 ms + 270 pairs x 10 ns; only ~5% (1 - exp(-10 x 0.005)) share a batch
+    r = serve_ranking(LinearBatch(), 1, 10.0, queries=2000, batch_pairs=100_000, timeout_s=0.005,
+                      mix=QueryMix(mean=270, cv=1e-9, low=270, high=270))
+    assert r.p50_latency_s == pytest.approx(0.005 + 1e-3 + 270e-8, rel=1e-6)
+    assert 270 <= r.mean_batch_pairs <= 270 * 1.1
+
+
+def test_ranking_batches_fill_under_load_and_overload_shows():
+    from mtiasim.serving.ranking import QueryMix, serve_ranking
+
+    mix = QueryMix(mean=270, cv=1e-9, low=270, high=270)
+    # capacity of one chip at 2,700-pair batches: 10 queries per (1 ms + 27 us) = ~9,740 queries/s
+    ok = serve_ranking(LinearBatch(), 1, 5000.0, batch_pairs=2700, timeout_s=0.005, mix=mix)
+    assert ok.p99_latency_s < 0.01
+    over = serve_ranking(LinearBatch(), 1, 12000.0, batch_pairs=2700, timeout_s=0.005, mix=mix)
+    assert over.p99_latency_s > 10 * ok.p99_latency_s and over.mean_batch_pairs == pytest.approx(2700)
+    assert over.samples_per_s < 0.85 * over.qps  # completion rate falls behind the offered rate
+
+
+def test_mlperf_dlrm_server_meets_bound_and_high_accuracy_costs_throughput():
+    from mtiasim.serving.mlperf import predict
+
+    off = predict("dlrm-v2-99", "h100-sxm-80gb:1", "Offline")
+    hi = predict("dlrm-v2-99.9", "h100-sxm-80gb:1", "Offline")
+    assert hi.samples_per_s < off.samples_per_s  # FP16 interaction (MLPerf 99.9% target)
+    srv = predict("dlrm-v2-99", "h100-sxm-80gb:1", "Server")
+    assert srv.meets_bounds and srv.p99_e2e_s <= 0.060 and srv.samples_per_s <= off.samples_per_s * 1.01

@@ -24,7 +24,7 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     notes: list[str] = []
 
     appends, cached_keys, cache_inputs = find_kv_appends(graph)
-    graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype)
+    graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype, options.op_dtypes)
     nodes = []
     for n in graph.nodes:
         if n.name in appends:
@@ -60,9 +60,13 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     for i, g in enumerate(groups):
         work = kernel_work(graph, g, base, external[i])
         anchor = g[0]
-        k = Kernel(name=anchor.name, op=anchor.op, nodes=g, work=work,
-                   compute_dtype=adtype if anchor.op == "attention" else (
-                       mdtype if get_op(anchor.op).engine == "matrix" else vdtype),
+        if anchor.op in options.op_dtypes:
+            cdtype = compute_dtype(chip, options.op_dtypes[anchor.op])
+        elif anchor.op == "attention":
+            cdtype = adtype
+        else:
+            cdtype = mdtype if get_op(anchor.op).engine == "matrix" else vdtype
+        k = Kernel(name=anchor.name, op=anchor.op, nodes=g, work=work, compute_dtype=cdtype,
                    vector_dtype=vdtype, source=anchor.source, on_host=anchor.op == "cpu_fallback")
         k.mappings = [map_gemm_on(chip, gm) for gm in work.gemms]
         kernels.append(k)

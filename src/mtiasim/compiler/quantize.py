@@ -45,13 +45,18 @@ def activation_dtype(requested: str) -> str:
     return {"fp32": "fp32", "fp16": "fp16"}.get(requested, "bf16")
 
 
-def assign_dtypes(graph: Graph, requested: str, kv_inputs: set[str], kv_dtype: str | None) -> Graph:
-    """A copy of ``graph`` whose tensor dtypes follow the precision policy."""
+def assign_dtypes(graph: Graph, requested: str, kv_inputs: set[str], kv_dtype: str | None,
+                  op_dtypes: dict[str, str] | None = None) -> Graph:
+    """A copy of ``graph`` whose tensor dtypes follow the precision policy. ``op_dtypes`` gives
+    some ops their own precision (their parameters are stored in it)."""
     act = activation_dtype(requested)
-    quantized: set[str] = set()
+    op_dtypes = op_dtypes or {}
+    quantized: dict[str, str] = {}
     for node in graph.nodes:
-        if node.op in QUANTIZED_PARAM_OPS:
-            quantized.update(t for t in node.inputs if graph.tensors[t].kind in ("param", "buffer"))
+        if node.op in QUANTIZED_PARAM_OPS or node.op in op_dtypes:
+            for t in node.inputs:
+                if graph.tensors[t].kind in ("param", "buffer"):
+                    quantized[t] = op_dtypes.get(node.op, requested)
     # a parameter viewed before use (e.g. weight[e] slices) inherits through the view
     tensors = {}
     for name, spec in graph.tensors.items():
@@ -60,7 +65,7 @@ def assign_dtypes(graph: Graph, requested: str, kv_inputs: set[str], kv_dtype: s
         elif name in kv_inputs:
             tensors[name] = replace(spec, dtype=kv_dtype or act)
         elif name in quantized:
-            tensors[name] = replace(spec, dtype=requested)
+            tensors[name] = replace(spec, dtype=quantized[name])
         else:
             tensors[name] = replace(spec, dtype=act)
     return Graph(graph.name, tensors, graph.nodes, graph.inputs, graph.outputs, dict(graph.meta))

@@ -61,7 +61,7 @@ class MLPerfPrediction(BaseModel):
     p99_e2e_s: float | None
     meets_bounds: bool | None
     deployment: dict[str, Any]
-    report: ServingReport
+    report: ServingReport | None = None  # LLMs: the serving run behind the numbers
 
 
 def _slo(benchmark: str, scenario: str) -> SLO | dict:
@@ -69,6 +69,59 @@ def _slo(benchmark: str, scenario: str) -> SLO | dict:
     if b is None:
         raise ValueError(f"no {scenario} latency bounds for {benchmark} in data/mlperf/scenarios.yaml")
     return b
+
+
+def predict(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
+            qps: float | None = None) -> MLPerfPrediction:
+    """Any supported MLPerf benchmark (LLM or ranking)."""
+    if benchmark_info(benchmark)["model"] == "dlrm-v2":
+        return predict_ranking(benchmark, system, scenario, qps=qps)
+    return predict_llm(benchmark, system, scenario, qps=qps)
+
+
+def predict_ranking(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
+                    qps: float | None = None, queries: int | None = None, search_steps: int = 12) -> MLPerfPrediction:
+    """MLPerf DLRM-v2: Offline = best samples/s over batch sizes up to the submitters' batch;
+    Server = the largest query rate whose p99 latency meets the bound, with dynamic batching."""
+    from mtiasim.compiler import CompileOptions
+    from mtiasim.serving.ranking import QueryMix, RankingBatchCost, serve_ranking
+
+    if scenario not in ("Offline", "Server"):
+        raise ValueError(f"dlrm-v2 has no {scenario} scenario")
+    info = benchmark_info(benchmark)
+    sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
+    dep = deployment(info["benchmark"], sysspec.chip)
+    high = benchmark.endswith("99.9")
+    op_dtypes = _data("scenarios.yaml")["high_accuracy_op_dtypes"].get(info["benchmark"], {}) if high else {}
+    cost = RankingBatchCost(info["model"], sysspec, CompileOptions(dtype=dep.get("dtype"), op_dtypes=op_dtypes))
+    mix = QueryMix()
+    if scenario == "Offline":
+        pairs_s = cost.best_throughput_pairs_per_s(int(dep["offline_batch_pairs"])) * sysspec.count
+        return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,
+                                tokens_per_s=0.0, samples_per_s=pairs_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
+                                p99_e2e_s=None, meets_bounds=None, deployment=dep)
+    bound = _slo(info["benchmark"], "Server")["latency_p99_s"]
+
+    def run(rate: float):
+        return serve_ranking(cost, sysspec.count, rate, queries=queries, batch_pairs=int(dep["server_batch_pairs"]),
+                             timeout_s=float(dep["batch_timeout_s"]), mix=mix)
+
+    if qps is not None:
+        res = run(qps)
+    else:
+        cap = cost.best_throughput_pairs_per_s(int(dep["server_batch_pairs"])) * sysspec.count / mix.mean
+        lo, hi, res = 0.0, cap, None  # a server cannot outrun its batch throughput
+        for _ in range(search_steps):
+            mid = (lo + hi) / 2
+            r = run(mid)
+            if r.p99_latency_s <= bound:
+                lo, res = mid, r
+            else:
+                hi = mid
+        res = res or run(0.01 * cap)
+    return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=res.qps,
+                            tokens_per_s=0.0, samples_per_s=res.samples_per_s, p99_ttft_s=None, p99_tpot_s=None,
+                            p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep)
 
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
-from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, predict_llm
+from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, predict
 from mtiasim.serving.traffic import datasets
 
 REQUIRED = ("accelerator", "n_accel", "benchmark", "scenario", "metric", "value")
@@ -91,9 +91,9 @@ class _Predictor:
         self.cache: dict[tuple, MLPerfPrediction] = {}
 
     def get(self, benchmark: str, system: str, scenario: str, qps: float | None = None) -> MLPerfPrediction:
-        key = (benchmark, system, scenario, qps)
+        key = (benchmark.lower().removesuffix("-99"), system, scenario, qps)
         if key not in self.cache:
-            self.cache[key] = predict_llm(benchmark, system, scenario, qps=qps)
+            self.cache[key] = predict(benchmark, system, scenario, qps=qps)
         return self.cache[key]
 
 
@@ -121,8 +121,6 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
         info = benchmark_info(row["benchmark"])
     except ValueError as e:
         return None, str(e)
-    if info["model"] == "dlrm-v2":
-        return None, "dlrm-v2 MLPerf scenarios (aggregated ranking queries) are not simulated yet"
     scenario = row["scenario"].strip()
     try:
         n = int(float(row["n_accel"]))
@@ -137,9 +135,9 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
             qps = _load_of(row, rows, info)
             if qps is None:
                 return None, "no throughput row for this submission to take its load from"
-            pred = predictor.get(info["benchmark"], system, scenario, qps=round(qps, 6))
+            pred = predictor.get(row["benchmark"], system, scenario, qps=round(qps, 6))
         else:
-            pred = predictor.get(info["benchmark"], system, scenario)
+            pred = predictor.get(row["benchmark"], system, scenario)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
     value = getattr(pred, field)
