@@ -43,9 +43,13 @@ class Attention(OpDef):
         b, h, s, hd = q.shape
         keys, hdv = k.shape[2], v.shape[3]
         pairs = score_pairs(s, keys, bool(attrs.get("causal", False)))
-        # the kernel tiles the full S x L problem and skips the blocks a causal mask removes, so
-        # the tile shapes are the full ones and only the flops shrink (by pairs / (S*L))
-        gemms = [GemmShape(b * h, s, keys, hd), GemmShape(b * h, s, hdv, keys)]
+        # GQA kernels (FlashDecoding, TRT-LLM XQA, FlashAttention-3) pack the H/Hkv query heads
+        # that share a KV head into the M dimension of one tile: M = S x H/Hkv per (batch, KV head).
+        # The kernel tiles the full problem and skips the blocks a causal mask removes, so the tile
+        # shapes are the full ones and only the flops shrink (by pairs / (S*L)).
+        hkv = k.shape[1]
+        m = s * (h // hkv)
+        gemms = [GemmShape(b * hkv, m, keys, hd), GemmShape(b * hkv, m, hdv, keys)]
         full = sum(g.flops for g in gemms)
         frac = pairs / (s * keys)
         return Work(matrix_flops=full * frac, vector_flops=5.0 * b * h * pairs,
