@@ -225,3 +225,23 @@ def test_mlperf_dlrm_server_meets_bound_and_high_accuracy_costs_throughput():
     assert hi.samples_per_s < off.samples_per_s  # FP16 interaction (MLPerf 99.9% target)
     srv = predict("dlrm-v2-99", "h100-sxm-80gb:1", "Server")
     assert srv.meets_bounds and srv.p99_e2e_s <= 0.060 and srv.samples_per_s <= off.samples_per_s * 1.01
+
+
+def test_cli_serve_ranking_and_capacity_error():
+    import json
+
+    from typer.testing import CliRunner
+
+    from mtiasim.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "dlrm-v2", "--system", "mtia-200:24", "--qps", "50000", "--p99", "60ms",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["meets_slo"] is True and d["p99_latency_s"] <= 0.060
+    assert d["samples_per_s"] == pytest.approx(50000, rel=0.05) and d["pairs_per_s"] == pytest.approx(270 * d["samples_per_s"])
+    off = json.loads(CliRunner().invoke(app, ["serve", "dlrm-v2", "--system", "mtia-200:24", "--json"]).output)
+    assert off["qps"] is None and off["samples_per_s"] > 50000
+    # ranking-hc at 1000 MFLOPs/sample in FP16 is ~131 GB of embeddings: more than one MTIA 2i holds
+    big = CliRunner().invoke(app, ["serve", "ranking-hc:1000", "--system", "mtia-200:2", "--qps", "10"])
+    assert big.exit_code == 2 and "does not fit" in big.output and "GB" in big.output

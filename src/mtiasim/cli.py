@@ -194,13 +194,21 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
           ttft_p99: str | None = typer.Option(None, "--ttft-p99", help="SLO on p99 time to first token, e.g. 2s."),
           tpot_p99: str | None = typer.Option(None, "--tpot-p99", help="SLO on p99 time per output token, e.g. 200ms."),
+          batch_pairs: int = typer.Option(65536, "--batch-pairs", min=1,
+                                          help="Ranking: target user-item pairs per batch."),
+          batch_timeout: str = typer.Option("10ms", "--batch-timeout", help="Ranking: longest wait to fill a batch."),
+          latency_p99: str | None = typer.Option(None, "--p99", help="Ranking: SLO on p99 query latency, e.g. 60ms."),
           as_json: bool = typer.Option(False, "--json")):
-    """Simulate serving an LLM on a multi-chip system with continuous batching; report latency
-    percentiles, throughput and whether the SLOs hold."""
+    """Simulate serving a model on a multi-chip system and report latency percentiles, throughput
+    and whether the SLOs hold. LLMs: continuous batching with a paged KV cache. Ranking models
+    (dlrm-v2, ranking-lc/hc): queries of user-item pairs, dynamically batched per chip."""
     from mtiasim.serving import SLO, serve_llm
     from mtiasim.serving.llm import SchedulerConfig
     from mtiasim.system.plan import serving_calibration
 
+    if zoo.get(model).family == "ranking":
+        _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, latency_p99, as_json)
+        return
     cal = serving_calibration()
     try:
         sched = SchedulerConfig(max_num_seqs=max_num_seqs or int(cal["max_num_seqs"].value),
@@ -220,6 +228,23 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     out.print(serving_table(rep))
     for n in rep.notes:
         out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+
+
+def _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, latency_p99, as_json):
+    from mtiasim.report.tables import ranking_table
+    from mtiasim.serving import serve_ranking_model
+
+    try:
+        rep = serve_ranking_model(model, system, qps=qps, dtype=dtype, batch_pairs=batch_pairs,
+                                  batch_timeout_s=_duration_s(batch_timeout, "--batch-timeout"),
+                                  queries=max(requests, 20000) if qps else None, seed=seed,
+                                  slo_p99_s=_duration_s(latency_p99, "--p99"))
+    except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
+        _fail(e)
+    if as_json:
+        _dump(rep.to_dict())
+    else:
+        out.print(ranking_table(rep))
 
 
 @app.command("mlperf")

@@ -171,3 +171,22 @@ def validation_tables(rep: Any) -> list[Table]:
         tot.add_row(f"unsupported: {why[:90]}", str(n))
     out.append(tot)
     return out
+
+
+def ranking_table(rep: Any) -> Table:
+    t = Table(title=f"serving {rep.model} on {rep.system} ({rep.dtype})", show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    load = "offline (best batch throughput)" if rep.qps is None else f"{si(rep.qps)} queries/s (Poisson)"
+    rows = [("offered load", load),
+            ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} user-item pairs/s"),
+            ("batching", f"up to {rep.batch_pairs:,} pairs or {si(rep.batch_timeout_s, 's')} wait"
+             + (f"; mean batch {rep.mean_batch_pairs:,.0f} pairs" if rep.mean_batch_pairs else ""))]
+    if rep.qps is not None:
+        rows.append(("query latency", f"p50 {si(rep.p50_latency_s, 's')}  p99 {si(rep.p99_latency_s, 's')}"))
+    if rep.meets_slo is not None:
+        rows.append((f"SLO p99 <= {si(rep.slo_p99_s, 's')}", "MET" if rep.meets_slo else "MISSED"))
+    rows.append(("simulator wall time", si(rep.wall_s, "s")))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t

@@ -132,3 +132,63 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
                          + next(r.rejected for r in records if r.rejected))
     rep.wall_s = time.perf_counter() - t0
     return rep
+
+
+class RankingReport(BaseModel):
+    """Serving a ranking model: queries of user-item pairs, dynamically batched on each chip."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    system: str
+    dtype: str
+    qps: float | None = Field(description="offered queries/s; None = Offline (best batch throughput)")
+    queries: int
+    samples_per_s: float = Field(description="completed queries per second")
+    pairs_per_s: float = Field(description="completed user-item pairs per second")
+    p50_latency_s: float | None
+    p99_latency_s: float | None
+    mean_batch_pairs: float | None
+    batch_pairs: int
+    batch_timeout_s: float
+    slo_p99_s: float | None = None
+    meets_slo: bool | None = None
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | None, dtype: str | None = None,
+                        batch_pairs: int = 65536, batch_timeout_s: float = 0.010, queries: int | None = None,
+                        seed: int = 0, slo_p99_s: float | None = None) -> RankingReport:
+    """Poisson queries (pairs per query as in MLPerf DLRM-v2) over the system's chips, each holding
+    the whole model; ``qps`` None gives the Offline throughput (best batch up to ``batch_pairs``)."""
+    from mtiasim.compiler import CompileOptions
+    from mtiasim.frontend import zoo
+    from mtiasim.serving.ranking import QueryMix, RankingBatchCost, serve_ranking
+
+    t0 = time.perf_counter()
+    entry = zoo.get(model)
+    if entry.family != "ranking":
+        raise ValueError(f"{model} is not a ranking model (family {entry.family}); LLMs use serve_llm")
+    sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
+    dt = dtype or entry.default_dtype
+    cost = RankingBatchCost(entry.name, sysspec, CompileOptions(dtype=dt))
+    mix = QueryMix()
+    if qps is None:
+        pairs_s = cost.best_throughput_pairs_per_s(batch_pairs) * sysspec.count
+        rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=None, queries=0,
+                            samples_per_s=pairs_s / mix.mean, pairs_per_s=pairs_s, p50_latency_s=None,
+                            p99_latency_s=None, mean_batch_pairs=None, batch_pairs=batch_pairs,
+                            batch_timeout_s=batch_timeout_s, wall_s=0.0)
+    else:
+        r = serve_ranking(cost, sysspec.count, qps, queries=queries, batch_pairs=batch_pairs,
+                          timeout_s=batch_timeout_s, seed=seed, mix=mix)
+        rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=qps, queries=r.queries,
+                            samples_per_s=r.samples_per_s, pairs_per_s=r.samples_per_s * mix.mean,
+                            p50_latency_s=r.p50_latency_s, p99_latency_s=r.p99_latency_s,
+                            mean_batch_pairs=r.mean_batch_pairs, batch_pairs=batch_pairs,
+                            batch_timeout_s=batch_timeout_s, slo_p99_s=slo_p99_s,
+                            meets_slo=None if slo_p99_s is None else r.p99_latency_s <= slo_p99_s, wall_s=0.0)
+    rep.wall_s = time.perf_counter() - t0
+    return rep

@@ -19,6 +19,7 @@ import numpy as np
 
 from mtiasim.api import simulate
 from mtiasim.compiler import CompileOptions
+from mtiasim.system.plan import DoesNotFit
 from mtiasim.system.spec import SystemSpec
 
 BATCH_GRID = [2**i for i in range(7, 21)]  # 128 .. 1M pairs
@@ -47,7 +48,14 @@ class RankingBatchCost:
     @cached_property
     def _grid(self) -> tuple[np.ndarray, np.ndarray]:
         chip = self.system.load_chip()
-        t = [simulate(self.model, chip=chip, batch=b, options=self.options).latency_s for b in BATCH_GRID]
+        results = [simulate(self.model, chip=chip, batch=b, options=self.options) for b in BATCH_GRID]
+        r = results[0]
+        if not r.fits_in_memory:
+            raise DoesNotFit(
+                f"{self.model} does not fit on {self.system.name}: each chip holds the whole model, "
+                f"{r.memory_required_bytes / 1e9:.1f} GB needed > {r.memory_capacity_bytes / 1e9:.1f} GB on "
+                f"{chip.name} (sharding embedding tables across chips is not modelled yet)")
+        t = [x.latency_s for x in results]
         return np.array(BATCH_GRID, float), np.maximum.accumulate(np.array(t))
 
     def batch_s(self, pairs: int) -> float:
