@@ -243,5 +243,40 @@ def test_cli_serve_ranking_and_capacity_error():
     off = json.loads(CliRunner().invoke(app, ["serve", "dlrm-v2", "--system", "mtia-200:24", "--json"]).output)
     assert off["qps"] is None and off["samples_per_s"] > 50000
     # ranking-hc at 1000 MFLOPs/sample in FP16 is ~131 GB of embeddings: more than one MTIA 2i holds
-    big = CliRunner().invoke(app, ["serve", "ranking-hc:1000", "--system", "mtia-200:2", "--qps", "10"])
+    big = CliRunner().invoke(app, ["serve", "ranking-hc:1000", "--system", "mtia-200:1", "--qps", "10"])
     assert big.exit_code == 2 and "does not fit" in big.output and "GB" in big.output
+    # ... so on two chips the tables are sharded table-wise (ISCA'25's HC3 runs 2-way sharded)
+    two = json.loads(CliRunner().invoke(app, ["serve", "ranking-hc:1000", "--system", "mtia-200:2", "--qps", "100",
+                                              "--json"]).output)
+    assert two["table_shards"] == 2 and two["p99_latency_s"] > 0
+
+
+def test_table_wise_sharding_by_hand():
+    from mtiasim.system.embedding import shard_table_wise
+
+    # largest first onto the least-loaded chip: 10 -> c0, 8 -> c1, 5 -> c1 (8 < 10), 3 -> c0 (10 < 13)
+    s = shard_table_wise([10, 8, 5, 3], [1, 2, 3, 4], row_bytes=1.0, shards=2)
+    assert s.tables == ((0, 3), (1, 2)) and s.bytes_per_chip == (13.0, 13.0)
+    assert s.lookups_per_chip == (5, 5) and s.lookup_share() == 0.5
+    one = shard_table_wise([10, 8], [1, 1], row_bytes=2.0, shards=1)
+    assert one.bytes_per_chip == (36.0,) and one.lookup_share() == 1.0
+
+
+def test_sharded_batch_pays_an_all_to_all():
+    from mtiasim.compiler import CompileOptions
+    from mtiasim.serving.ranking import RankingBatchCost
+
+    sys4 = SystemSpec.parse("mtia-200:4")
+    one = RankingBatchCost("dlrm-v2", sys4, CompileOptions(dtype="int8"), shards=1)
+    two = RankingBatchCost("dlrm-v2", sys4, CompileOptions(dtype="int8"), shards=2)
+    b = 65536
+    # the dense part halves and the lookups split, but the pooled embeddings (bf16 activations)
+    # cross MTIA 2i's 32 GB/s PCIe fabric: a 2-way all-to-all of the busiest chip's tables
+    chip = sys4.load_chip()
+    from mtiasim.system.collectives import alltoall_s
+
+    floor = alltoall_s(chip, b * two.layout.tables_on_busiest() * 128 * 2, 2)
+    assert floor > 1e-3 and two.batch_s(b) >= floor
+    assert two.layout.max_bytes < sum(two.layout.bytes_per_chip)
+    # a 2-chip group finishes a batch sooner, but per chip it serves less than an unsharded chip
+    assert one.batch_s(b) < 2 * two.batch_s(b)

@@ -180,6 +180,8 @@ def ranking_table(rep: Any) -> Table:
     load = "offline (best batch throughput)" if rep.qps is None else f"{si(rep.qps)} queries/s (Poisson)"
     rows = [("offered load", load),
             ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} user-item pairs/s"),
+            ("embedding tables", "whole model on every chip" if rep.table_shards == 1 else
+             f"sharded table-wise over {rep.table_shards} chips (all-to-all of pooled embeddings)"),
             ("batching", f"up to {rep.batch_pairs:,} pairs or {si(rep.batch_timeout_s, 's')} wait"
              + (f"; mean batch {rep.mean_batch_pairs:,.0f} pairs" if rep.mean_batch_pairs else ""))]
     if rep.qps is not None:

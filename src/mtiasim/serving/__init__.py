@@ -150,6 +150,7 @@ class RankingReport(BaseModel):
     mean_batch_pairs: float | None
     batch_pairs: int
     batch_timeout_s: float
+    table_shards: int = Field(description="chips the embedding tables are sharded over (table-wise)")
     slo_p99_s: float | None = None
     meets_slo: bool | None = None
     wall_s: float
@@ -165,7 +166,7 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
     the whole model; ``qps`` None gives the Offline throughput (best batch up to ``batch_pairs``)."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.frontend import zoo
-    from mtiasim.serving.ranking import QueryMix, RankingBatchCost, serve_ranking
+    from mtiasim.serving.ranking import QueryMix, plan_ranking, serve_ranking
 
     t0 = time.perf_counter()
     entry = zoo.get(model)
@@ -173,22 +174,23 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
         raise ValueError(f"{model} is not a ranking model (family {entry.family}); LLMs use serve_llm")
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dt = dtype or entry.default_dtype
-    cost = RankingBatchCost(entry.name, sysspec, CompileOptions(dtype=dt))
+    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt))
+    groups = sysspec.count // cost.shards
     mix = QueryMix()
     if qps is None:
-        pairs_s = cost.best_throughput_pairs_per_s(batch_pairs) * sysspec.count
+        pairs_s = cost.best_throughput_pairs_per_s(batch_pairs) * groups
         rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=None, queries=0,
                             samples_per_s=pairs_s / mix.mean, pairs_per_s=pairs_s, p50_latency_s=None,
                             p99_latency_s=None, mean_batch_pairs=None, batch_pairs=batch_pairs,
-                            batch_timeout_s=batch_timeout_s, wall_s=0.0)
+                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards, wall_s=0.0)
     else:
-        r = serve_ranking(cost, sysspec.count, qps, queries=queries, batch_pairs=batch_pairs,
+        r = serve_ranking(cost, groups, qps, queries=queries, batch_pairs=batch_pairs,
                           timeout_s=batch_timeout_s, seed=seed, mix=mix)
         rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=qps, queries=r.queries,
                             samples_per_s=r.samples_per_s, pairs_per_s=r.samples_per_s * mix.mean,
                             p50_latency_s=r.p50_latency_s, p99_latency_s=r.p99_latency_s,
                             mean_batch_pairs=r.mean_batch_pairs, batch_pairs=batch_pairs,
-                            batch_timeout_s=batch_timeout_s, slo_p99_s=slo_p99_s,
+                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards, slo_p99_s=slo_p99_s,
                             meets_slo=None if slo_p99_s is None else r.p99_latency_s <= slo_p99_s, wall_s=0.0)
     rep.wall_s = time.perf_counter() - t0
     return rep

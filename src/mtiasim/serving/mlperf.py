@@ -84,7 +84,7 @@ def predict_ranking(benchmark: str, system: str | SystemSpec, scenario: str = "O
     """MLPerf DLRM-v2: Offline = best samples/s over batch sizes up to the submitters' batch;
     Server = the largest query rate whose p99 latency meets the bound, with dynamic batching."""
     from mtiasim.compiler import CompileOptions
-    from mtiasim.serving.ranking import QueryMix, RankingBatchCost, serve_ranking
+    from mtiasim.serving.ranking import QueryMix, plan_ranking, serve_ranking
 
     if scenario not in ("Offline", "Server"):
         raise ValueError(f"dlrm-v2 has no {scenario} scenario")
@@ -93,23 +93,24 @@ def predict_ranking(benchmark: str, system: str | SystemSpec, scenario: str = "O
     dep = deployment(info["benchmark"], sysspec.chip)
     high = benchmark.endswith("99.9")
     op_dtypes = _data("scenarios.yaml")["high_accuracy_op_dtypes"].get(info["benchmark"], {}) if high else {}
-    cost = RankingBatchCost(info["model"], sysspec, CompileOptions(dtype=dep.get("dtype"), op_dtypes=op_dtypes))
+    cost = plan_ranking(info["model"], sysspec, CompileOptions(dtype=dep.get("dtype"), op_dtypes=op_dtypes))
+    groups = sysspec.count // cost.shards
     mix = QueryMix()
     if scenario == "Offline":
-        pairs_s = cost.best_throughput_pairs_per_s(int(dep["offline_batch_pairs"])) * sysspec.count
+        pairs_s = cost.best_throughput_pairs_per_s(int(dep["offline_batch_pairs"])) * groups
         return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,
                                 tokens_per_s=0.0, samples_per_s=pairs_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
                                 p99_e2e_s=None, meets_bounds=None, deployment=dep)
     bound = _slo(info["benchmark"], "Server")["latency_p99_s"]
 
     def run(rate: float):
-        return serve_ranking(cost, sysspec.count, rate, queries=queries, batch_pairs=int(dep["server_batch_pairs"]),
+        return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch_pairs"]),
                              timeout_s=float(dep["batch_timeout_s"]), mix=mix)
 
     if qps is not None:
         res = run(qps)
     else:
-        cap = cost.best_throughput_pairs_per_s(int(dep["server_batch_pairs"])) * sysspec.count / mix.mean
+        cap = cost.best_throughput_pairs_per_s(int(dep["server_batch_pairs"])) * groups / mix.mean
         lo, hi, res = 0.0, cap, None  # a server cannot outrun its batch throughput
         for _ in range(search_steps):
             mid = (lo + hi) / 2

@@ -17,8 +17,12 @@ from functools import cached_property
 
 import numpy as np
 
-from mtiasim.api import simulate
+from mtiasim.api import simulate, workload_graph
 from mtiasim.compiler import CompileOptions
+from mtiasim.compiler.quantize import activation_dtype
+from mtiasim.graph.dtypes import nbytes
+from mtiasim.system.collectives import alltoall_s
+from mtiasim.system.embedding import TableShards, shard_table_wise
 from mtiasim.system.plan import DoesNotFit
 from mtiasim.system.spec import SystemSpec
 
@@ -42,21 +46,54 @@ class QueryMix:
 
 
 class RankingBatchCost:
-    def __init__(self, model: str, system: SystemSpec, options: CompileOptions):
-        self.model, self.system, self.options = model, system, options
+    """Time of one batch on a group of ``shards`` chips. With one shard a chip holds the whole
+    model. With more, tables are sharded table-wise (``system/embedding.py``): the busiest chip's
+    lookups, an all-to-all of pooled embeddings, then the dense part on B/shards samples."""
+
+    def __init__(self, model: str, system: SystemSpec, options: CompileOptions, shards: int = 1):
+        self.model, self.system, self.options, self.shards = model, system, options, shards
+
+    def _tables(self, batch: int) -> tuple[list[int], list[int], int, str]:
+        g, w = workload_graph(self.model, batch=batch)
+        node = next((n for n in g.nodes if n.op == "tbe"), None)
+        if node is None:
+            raise ValueError(f"{self.model} has no table-batched embedding to shard")
+        dim = g.tensors[node.inputs[1]].shape[1]
+        return list(node.attrs["rows"]), list(node.attrs["pooling_factors"]), dim, w.default_dtype
+
+    @cached_property
+    def layout(self) -> TableShards:
+        rows, pooling, dim, default = self._tables(BATCH_GRID[0])
+        return shard_table_wise(rows, pooling, dim * nbytes(self.options.dtype or default), self.shards)
 
     @cached_property
     def _grid(self) -> tuple[np.ndarray, np.ndarray]:
         chip = self.system.load_chip()
-        results = [simulate(self.model, chip=chip, batch=b, options=self.options) for b in BATCH_GRID]
-        r = results[0]
-        if not r.fits_in_memory:
+        s = self.shards
+        results = {b: simulate(self.model, chip=chip, batch=b, options=self.options)
+                   for b in sorted(set(BATCH_GRID) | {max(1, b // s) for b in BATCH_GRID})}
+        r = results[BATCH_GRID[0]]
+        tables = self.layout
+        table_bytes = sum(tables.bytes_per_chip)
+        per_chip = r.memory_required_bytes - table_bytes + tables.max_bytes
+        if per_chip > r.memory_capacity_bytes:
             raise DoesNotFit(
-                f"{self.model} does not fit on {self.system.name}: each chip holds the whole model, "
-                f"{r.memory_required_bytes / 1e9:.1f} GB needed > {r.memory_capacity_bytes / 1e9:.1f} GB on "
-                f"{chip.name} (sharding embedding tables across chips is not modelled yet)")
-        t = [x.latency_s for x in results]
-        return np.array(BATCH_GRID, float), np.maximum.accumulate(np.array(t))
+                f"{self.model} does not fit on {self.system.name} with tables sharded {s} ways: "
+                f"{per_chip / 1e9:.1f} GB per chip needed > {r.memory_capacity_bytes / 1e9:.1f} GB on {chip.name}")
+        _, _, dim, default = self._tables(BATCH_GRID[0])
+        act = nbytes(activation_dtype(self.options.dtype or default))  # pooled embeddings travel as activations
+        times = []
+        for b in BATCH_GRID:
+            full = results[b]
+            if s == 1:
+                times.append(full.latency_s)
+                continue
+            sparse = sum(o.time_s for o in full.ops if o.op == "tbe") * tables.lookup_share()
+            part = results[max(1, b // s)]
+            dense = part.latency_s - sum(o.time_s for o in part.ops if o.op == "tbe")
+            a2a = alltoall_s(chip, b * tables.tables_on_busiest() * dim * act, s)
+            times.append(sparse + a2a + dense)
+        return np.array(BATCH_GRID, float), np.maximum.accumulate(np.array(times))
 
     def batch_s(self, pairs: int) -> float:
         x, y = self._grid
@@ -70,6 +107,20 @@ class RankingBatchCost:
         return float(np.max(x[ok] / y[ok])) if ok.any() else float(max_batch / self.batch_s(max_batch))
 
 
+def plan_ranking(model: str, system: SystemSpec, options: CompileOptions) -> RankingBatchCost:
+    """The fewest table shards (a divisor of the chip count) with which every chip fits."""
+    last: DoesNotFit | None = None
+    for s in [d for d in range(1, system.count + 1) if system.count % d == 0]:
+        cost = RankingBatchCost(model, system, options, shards=s)
+        try:
+            cost.batch_s(BATCH_GRID[0])
+            return cost
+        except DoesNotFit as e:
+            last = e
+    assert last is not None
+    raise last
+
+
 @dataclass(frozen=True)
 class RankingServingResult:
     qps: float
@@ -81,19 +132,20 @@ class RankingServingResult:
 
 
 
-def serve_ranking(cost: RankingBatchCost, chips: int, qps: float, *, queries: int | None = None, batch_pairs: int,
+def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: int | None = None, batch_pairs: int,
                   timeout_s: float, seed: int = 0, mix: QueryMix | None = None,
                   duration_s: float = 1.0) -> RankingServingResult:
-    """Poisson queries at ``qps`` over ``chips`` chips with dynamic batching, for ``duration_s``
-    of arrivals (at least 20,000 queries) unless ``queries`` is given."""
+    """Poisson queries at ``qps`` over ``groups`` chip groups (data-parallel replicas, each
+    ``cost.shards`` chips) with dynamic batching, for ``duration_s`` of arrivals (at least 20,000
+    queries) unless ``queries`` is given."""
     queries = queries or max(20_000, int(qps * duration_s))
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, queries))
     pairs = (mix or QueryMix()).draw(queries, rng)
     latencies = np.empty(queries)
     batches = []
-    for c in range(chips):
-        idx = list(range(c, queries, chips))
+    for c in range(groups):
+        idx = list(range(c, queries, groups))
         q: deque[int] = deque()
         free_at, k = 0.0, 0
         while k < len(idx) or q:
