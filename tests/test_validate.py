@@ -71,8 +71,10 @@ def test_benchmark_names():
 def test_server_prediction_meets_its_bounds():
     p = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", requests=400, search_steps=6)
     assert p.meets_bounds and p.p99_ttft_s <= 2.0 and p.p99_tpot_s <= 0.1  # mlperf.conf bounds
-    off = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Offline", requests=400)
-    assert off.tokens_per_s >= p.tokens_per_s  # no latency bound: at least as much throughput
+    # no latency bound: at least as much throughput, once the Offline run is long enough that its
+    # drain tail is small (MLPerf's 13,368 samples; 3,000 here)
+    off = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Offline", requests=3000)
+    assert off.tokens_per_s >= p.tokens_per_s
 
 
 def test_cli_validate_json():
