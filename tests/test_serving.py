@@ -280,3 +280,28 @@ def test_sharded_batch_pays_an_all_to_all():
     assert two.layout.max_bytes < sum(two.layout.bytes_per_chip)
     # a 2-chip group finishes a batch sooner, but per chip it serves less than an unsharded chip
     assert one.batch_s(b) < 2 * two.batch_s(b)
+
+
+def test_trace_input(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mtiasim.cli import app
+    from mtiasim.serving.traffic import load_trace
+
+    f = tmp_path / "trace.csv"
+    f.write_text("arrival_s,prompt_tokens,output_tokens\n0.5,128,8\n0.0,64,4\n1.0,32,2\n")
+    reqs = load_trace(str(f))
+    assert [(r.arrival_s, r.prompt_tokens, r.output_tokens) for r in reqs] == [(0.5, 128, 8), (0.0, 64, 4), (1.0, 32, 2)]
+    r = CliRunner().invoke(app, ["serve", "llama2-7b", "--system", "h100-sxm-80gb:1", "--trace", str(f), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["requests"] == 3 and d["completed"] == 3
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,prompt_tokens,output_tokens\n0.1,abc,3\n")
+    with pytest.raises(ValueError, match=r"bad.csv: row 2"):
+        load_trace(str(bad))
+    (tmp_path / "cols.csv").write_text("t,p\n1,2\n")
+    with pytest.raises(ValueError, match="missing column"):
+        load_trace(str(tmp_path / "cols.csv"))

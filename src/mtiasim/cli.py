@@ -184,6 +184,8 @@ def _duration_s(text: str | None, name: str) -> float | None:
 def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim models`)."),
           system: str = typer.Option("mtia-400:8", "--system", help="CHIP:COUNT or a SystemSpec YAML file."),
           qps: float | None = typer.Option(None, "--qps", help="Poisson arrival rate; omit for Offline (all at t=0)."),
+          trace: str | None = typer.Option(None, "--trace", help="LLMs: CSV of requests (arrival_s, prompt_tokens, "
+                                           "output_tokens) instead of Poisson arrivals."),
           requests: int = typer.Option(1000, "--requests", min=1, help="Number of requests to simulate."),
           seed: int = typer.Option(0, "--seed", help="Seed of the arrival and length draws."),
           prompt_tokens: int | None = typer.Option(None, "--input-len", min=1, help="Fixed prompt length."),
@@ -215,9 +217,12 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
                                 max_num_batched_tokens=max_tokens or int(cal["max_num_batched_tokens"].value),
                                 block_tokens=int(cal["kv_block_tokens"].value))
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
+        from mtiasim.serving.traffic import load_trace
+
         rep = serve_llm(model, system, qps=qps, requests=requests, seed=seed, prompt_tokens=prompt_tokens,
                         output_tokens=output_tokens, scheduler=sched, tp=tp, dtype=dtype,
-                        slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None)
+                        slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
+                        request_list=load_trace(trace) if trace else None)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:

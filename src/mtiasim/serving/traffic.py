@@ -58,3 +58,35 @@ def generate(n: int, qps: float | None, *, dataset: str = "openorca", seed: int 
     pin = np.full(n, prompt_tokens) if prompt_tokens else _lengths(ds["input"], n, rng)
     pout = np.full(n, output_tokens) if output_tokens else _lengths(ds["output"], n, rng)
     return [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(arrivals, pin, pout))]
+
+
+TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
+
+
+def load_trace(path: str) -> list[Request]:
+    """Requests from a CSV with columns ``arrival_s, prompt_tokens, output_tokens`` (one row per
+    request; arrival times in seconds, any order). Errors name the file, the row and the column."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}; a trace needs {list(TRACE_COLUMNS)}")
+            out = []
+            for i, row in enumerate(reader):
+                try:
+                    a = float(row["arrival_s"])
+                    p, o = int(row["prompt_tokens"]), int(row["output_tokens"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: row {i + 2}: arrival_s must be a number and prompt_tokens/"
+                                     f"output_tokens integers, got {dict(row)}") from None
+                if a < 0 or p < 1 or o < 1:
+                    raise ValueError(f"{path}: row {i + 2}: need arrival_s >= 0, prompt_tokens >= 1, output_tokens >= 1")
+                out.append(Request(i, a, p, o))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read trace: {e.strerror}") from None
+    if not out:
+        raise ValueError(f"{path}: the trace has no requests")
+    return out
