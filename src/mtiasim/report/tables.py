@@ -118,6 +118,7 @@ def serving_table(rep: Any) -> Table:
     pct = lambda p: f"p50 {si(p.p50, 's')}  p90 {si(p.p90, 's')}  p99 {si(p.p99, 's')}"  # noqa: E731
     rows = [
         ("offered load", load),
+        ("precision", f"{rep.dtype} weights and GEMMs, {rep.kv_dtype} KV cache"),
         ("requests (completed / rejected)", f"{rep.requests} ({rep.completed} / {rep.rejected})"),
         ("duration", si(rep.duration_s, "s")),
         ("throughput", f"{si(rep.output_tokens_per_s)} output tokens/s, {si(rep.requests_per_s)} requests/s"),

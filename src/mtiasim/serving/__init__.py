@@ -60,6 +60,7 @@ class ServingReport(BaseModel):
     tp: int
     dp: int
     dtype: str
+    kv_dtype: str
     qps: float | None = Field(description="offered load; None = all requests at t=0 (Offline)")
     requests: int
     completed: int
@@ -85,7 +86,8 @@ class ServingReport(BaseModel):
 def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, requests: int = 1000, seed: int = 0,
               dataset: str | None = None, prompt_tokens: int | None = None, output_tokens: int | None = None,
               scheduler: SchedulerConfig | None = None, tp: int | None = None, dtype: str | None = None,
-              slo: SLO | None = None, request_list: list[Request] | None = None) -> ServingReport:
+              slo: SLO | None = None, request_list: list[Request] | None = None,
+              kv_dtype: str | None = None) -> ServingReport:
     t0 = time.perf_counter()
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     chip = sysspec.load_chip()
@@ -93,8 +95,8 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     sched = scheduler or SchedulerConfig(max_num_seqs=int(cal["max_num_seqs"].value),
                                          max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
                                          block_tokens=int(cal["kv_block_tokens"].value))
-    plan = plan_llm(lambda t: step_cost(model, sysspec, t, dtype), chip, sysspec.count, tp=tp, model=model)
-    cost = step_cost(model, sysspec, plan.tp, dtype)
+    plan = plan_llm(lambda t: step_cost(model, sysspec, t, dtype, kv_dtype), chip, sysspec.count, tp=tp, model=model)
+    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype)
     reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)
     records: list[RequestRecord] = []
@@ -113,7 +115,8 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     ttft = [r.ttft_s for r in done if r.ttft_s is not None]
     tpot = [r.tpot_s for r in done if r.tpot_s is not None]
     rep = ServingReport(
-        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, dp=plan.dp, dtype=cost.dtype, qps=qps,
+        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, dp=plan.dp, dtype=cost.dtype,
+        kv_dtype=cost.kv_dtype, qps=qps,
         requests=len(records), completed=len(done), rejected=sum(r.rejected is not None for r in records),
         duration_s=duration, output_tokens_per_s=sum(r.request.output_tokens for r in done) / duration,
         requests_per_s=len(done) / duration, ttft_s=Percentiles.of(ttft), tpot_s=Percentiles.of(tpot),

@@ -143,7 +143,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                             block_tokens=int(cal["kv_block_tokens"].value))
     n_offline = requests or int(info["samples"])
     n_server = requests or min(3000, int(info["samples"]))
-    kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), dtype=dep.get("dtype"))
+    kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), dtype=dep.get("dtype"),
+              kv_dtype=dep.get("kv_dtype"))
     if sysspec.count % (dep.get("tp") or 1):
         kw["tp"] = None  # the submitters' TP does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
