@@ -2,8 +2,10 @@
 
 Policy (ISCA'25 section 5.4's LLS/LLC autotune, simplified):
 1. Weights (parameters of non-embedding ops) are pinned in SRAM first-fit-decreasing, within
-   the SRAM left after reserving room for the largest kernel's activations. Pinned weights are
-   read from SRAM on every run; the rest stream from DRAM once per run.
+   the SRAM left after reserving room for the largest kernel's activations (at most half the
+   SRAM, so activation-heavy graphs still pin some weights; a policy choice, like the LLS/LLC
+   split a user tunes). Pinned weights are read from SRAM on every run; the rest stream from
+   DRAM once per run.
 2. Activations whose size fits the activation reserve live in SRAM; larger ones go to DRAM.
 3. Embedding tables: a table that fits the SRAM left over is served from SRAM; otherwise a
    fraction ``max(sparse_sram_hit_fraction, free/table)`` of its row reads hit SRAM (hot rows,

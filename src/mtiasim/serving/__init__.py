@@ -179,7 +179,7 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
     dt = dtype or entry.default_dtype
     cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt))
     groups = sysspec.count // cost.shards
-    mix = QueryMix()
+    mix = QueryMix.mlperf()
     if qps is None:
         pairs_s = cost.best_throughput_pairs_per_s(batch_pairs) * groups
         rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=None, queries=0,

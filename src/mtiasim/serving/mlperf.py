@@ -95,7 +95,7 @@ def predict_ranking(benchmark: str, system: str | SystemSpec, scenario: str = "O
     op_dtypes = _data("scenarios.yaml")["high_accuracy_op_dtypes"].get(info["benchmark"], {}) if high else {}
     cost = plan_ranking(info["model"], sysspec, CompileOptions(dtype=dep.get("dtype"), op_dtypes=op_dtypes))
     groups = sysspec.count // cost.shards
-    mix = QueryMix()
+    mix = QueryMix.mlperf()
     if scenario == "Offline":
         pairs_s = cost.best_throughput_pairs_per_s(int(dep["offline_batch_pairs"])) * groups
         return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,

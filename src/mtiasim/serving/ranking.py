@@ -21,6 +21,7 @@ from mtiasim.api import simulate, workload_graph
 from mtiasim.compiler import CompileOptions
 from mtiasim.compiler.quantize import activation_dtype
 from mtiasim.graph.dtypes import nbytes
+from mtiasim.serving.traffic import datasets
 from mtiasim.system.collectives import alltoall_s
 from mtiasim.system.embedding import TableShards, shard_table_wise
 from mtiasim.system.plan import DoesNotFit
@@ -31,13 +32,18 @@ BATCH_GRID = [2**i for i in range(7, 21)]  # 128 .. 1M pairs
 
 @dataclass(frozen=True)
 class QueryMix:
-    """Pairs per query: clipped log-normal. The mean 270 is derived in mlperf.md 1.1 (89,137,319
-    pairs / 330,067 samples); the 100-700 range is the reference README's; the spread is an estimate."""
+    """Pairs per query: a clipped log-normal (``data/serving/datasets.yaml``, ``criteo_aggregated``:
+    MLPerf DLRM-v2's 100-700 pairs per query, mean 270)."""
 
-    mean: float = 270.0
-    cv: float = 0.5
-    low: int = 100
-    high: int = 700
+    mean: float
+    cv: float
+    low: int
+    high: int
+
+    @classmethod
+    def mlperf(cls) -> QueryMix:
+        d = datasets()["criteo_aggregated"]["pairs"]
+        return cls(float(d["mean"]), float(d["cv"]), int(d["min"]), int(d["max"]))
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         sigma = math.sqrt(math.log(1 + self.cv**2))
@@ -141,7 +147,7 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     queries = queries or max(20_000, int(qps * duration_s))
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, queries))
-    pairs = (mix or QueryMix()).draw(queries, rng)
+    pairs = (mix or QueryMix.mlperf()).draw(queries, rng)
     latencies = np.empty(queries)
     batches = []
     for c in range(groups):
