@@ -172,7 +172,7 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
 
 # ---- capture cache ------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    return Path(os.environ.get("MTIASIM_CACHE_DIR", Path.home() / ".cache" / "mtiasim")) / "graphs"
+    return Path(os.environ.get("MTIASIM_CACHE_DIR") or Path.home() / ".cache" / "mtiasim") / "graphs"
 
 
 def capture_cached(key: str, build: Any, *, name: str, allow_cpu_fallback: bool = False) -> Graph:

@@ -27,6 +27,16 @@ def si(x: float | None, unit: str = "", digits: int = 3) -> str:
     return f"{x:.{digits}g} {unit}".strip()
 
 
+def kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A two-column metric/value table."""
+    t = Table(title=title, show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
 def ops_table(r: Result, top: int | None = None) -> Table:
     t = Table(title=f"{r.model} ({r.phase}) on {r.chip}: per-kernel breakdown", show_lines=False)
     for col in ("kernel", "op (+fused)", "dtype", "time", "%", "bound", "flops", "bytes", "DRAM", "GEMM eff"):
@@ -41,9 +51,6 @@ def ops_table(r: Result, top: int | None = None) -> Table:
 
 
 def totals_table(r: Result) -> Table:
-    t = Table(title=f"{r.model} on {r.chip} ({r.engine} engine)", show_header=False)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
     rows = [
         ("phase / batch / seq_len / kv_len", f"{r.phase} / {r.batch} / {r.seq_len} / {r.kv_len}"),
         ("dtype", r.dtype),
@@ -58,9 +65,7 @@ def totals_table(r: Result) -> Table:
     ]
     for b, s in sorted(r.bound_breakdown_s().items()):
         rows.append((f"time {b}-bound", f"{si(s, 's')} ({100 * s / r.latency_s:.0f}%)" if r.latency_s else "-"))
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
+    return kv_table(f"{r.model} on {r.chip} ({r.engine} engine)", rows)
 
 
 def compare_table(model: str, rows: list[dict[str, Any]]) -> Table:
@@ -111,9 +116,6 @@ def spec_table(chip: ChipSpec) -> Table:
 
 
 def serving_table(rep: Any) -> Table:
-    t = Table(title=f"serving {rep.model} on {rep.system} ({rep.plan})", show_header=False)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
     load = "offline (all requests at t=0)" if rep.qps is None else f"{rep.qps:g} requests/s (Poisson)"
     pct = lambda p: f"p50 {si(p.p50, 's')}  p90 {si(p.p90, 's')}  p99 {si(p.p99, 's')}"  # noqa: E731
     rows = [
@@ -133,9 +135,7 @@ def serving_table(rep: Any) -> Table:
         bounds = ", ".join(f"{k.removesuffix('_s')} <= {si(v, 's')}" for k, v in rep.slo.model_dump().items() if v)
         rows.append(("SLO " + bounds, "MET" if rep.meets_slo else "MISSED"))
     rows.append(("simulator wall time", si(rep.wall_s, "s")))
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
+    return kv_table(f"serving {rep.model} on {rep.system} ({rep.plan})", rows)
 
 
 def validation_tables(rep: Any) -> list[Table]:
@@ -175,9 +175,6 @@ def validation_tables(rep: Any) -> list[Table]:
 
 
 def ranking_table(rep: Any) -> Table:
-    t = Table(title=f"serving {rep.model} on {rep.system} ({rep.dtype})", show_header=False)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
     load = "offline (best batch throughput)" if rep.qps is None else f"{si(rep.qps)} queries/s (Poisson)"
     rows = [("offered load", load),
             ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} user-item pairs/s"),
@@ -190,6 +187,4 @@ def ranking_table(rep: Any) -> Table:
     if rep.meets_slo is not None:
         rows.append((f"SLO p99 <= {si(rep.slo_p99_s, 's')}", "MET" if rep.meets_slo else "MISSED"))
     rows.append(("simulator wall time", si(rep.wall_s, "s")))
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
+    return kv_table(f"serving {rep.model} on {rep.system} ({rep.dtype})", rows)
