@@ -257,18 +257,21 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
            system: str = typer.Option("h100-sxm-80gb:8", "--system", help="CHIP:COUNT or a SystemSpec YAML file."),
            scenario: str = typer.Option("Offline", "--scenario", help="Offline, Server or Interactive."),
            as_json: bool = typer.Option(False, "--json")):
-    """Predict an MLPerf Inference result (LLM benchmarks) for a system."""
+    """Predict an MLPerf Inference result (LLM benchmarks and dlrm-v2) for a system."""
     from mtiasim.report.tables import serving_table
-    from mtiasim.serving.mlperf import predict_llm
+    from mtiasim.serving.mlperf import predict
 
     try:
-        p = predict_llm(benchmark, system, scenario.capitalize())
+        p = predict(benchmark, system, scenario.capitalize())
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:
         _dump(p.model_dump(mode="json"))
         return
-    out.print(serving_table(p.report))
+    if p.report is not None:
+        out.print(serving_table(p.report))
+    if p.p99_e2e_s is not None and p.report is None:
+        out.print(f"p99 query latency {p.p99_e2e_s * 1e3:.1f} ms")
     qps = "all at t=0" if p.qps is None else f"{p.qps:.3g} queries/s"
     out.print(f"[bold]{p.benchmark} {p.scenario} on {p.system}[/bold]: {p.tokens_per_s:,.0f} tokens/s, "
               f"{p.samples_per_s:,.2f} samples/s ({qps})" + ("" if p.meets_bounds is None else
