@@ -273,7 +273,8 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
     if p.p99_e2e_s is not None and p.report is None:
         out.print(f"p99 query latency {p.p99_e2e_s * 1e3:.1f} ms")
     qps = "all at t=0" if p.qps is None else f"{p.qps:.3g} queries/s"
-    out.print(f"[bold]{p.benchmark} {p.scenario} on {p.system}[/bold]: {p.tokens_per_s:,.0f} tokens/s, "
+    tokens = f"{p.tokens_per_s:,.0f} tokens/s, " if p.tokens_per_s else ""
+    out.print(f"[bold]{p.benchmark} {p.scenario} on {p.system}[/bold]: {tokens}"
               f"{p.samples_per_s:,.2f} samples/s ({qps})" + ("" if p.meets_bounds is None else
                                                              f"; latency bounds {'met' if p.meets_bounds else 'MISSED'}"))
     out.print(f"deployment: {p.deployment}")
