@@ -56,13 +56,16 @@ def simulate(
     chip_overrides: Mapping[str, Any] | None = None,
     allow_cpu_fallback: bool = False,
     options: CompileOptions | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> Result:
     """Predict how ``model_or_name`` runs on ``chip``.
 
     ``model_or_name`` is a zoo name (``"dlrm-v2"``, ``"llama2-70b"``; see ``mtiasim.frontend.zoo``)
     or any ``nn.Module``, which then needs ``example_inputs`` (meta tensors are fine). For zoo LLMs
     ``phase`` is ``"prefill"`` (default; ``seq_len`` prompt tokens) or ``"decode"`` (one token per
-    sequence with ``kv_len`` cached tokens). Returns a :class:`~mtiasim.engines.result.Result`.
+    sequence with ``kv_len`` cached tokens). ``engine`` is ``"analytical"`` (any chip) or
+    ``"gpu"`` (GPU presets; ``engine_options={"stack": "vllm"}`` picks the software stack).
+    Returns a :class:`~mtiasim.engines.result.Result`.
     """
     spec = load_chip(chip, chip_overrides)
     if isinstance(model_or_name, str):
@@ -84,12 +87,13 @@ def simulate(
         raise TypeError(f"model_or_name must be a zoo name or an nn.Module, got {type(model_or_name).__name__}")
     opts = options or CompileOptions(dtype=dtype)
     program = compile(graph, spec, opts, default_dtype=default_dtype)
-    return run_program(program, engine, dtype=opts.dtype or default_dtype, **meta)
+    return run_program(program, engine, engine_options, dtype=opts.dtype or default_dtype, **meta)
 
 
-def run_program(program: Program, engine: str = "analytical", **meta: Any) -> Result:
-    cls: Callable[[Program], Any] = get_engine(engine)
-    return cls(program).run(**meta)
+def run_program(program: Program, engine: str = "analytical", engine_options: Mapping[str, Any] | None = None,
+                **meta: Any) -> Result:
+    cls: Callable[..., Any] = get_engine(engine)
+    return cls(program, **(engine_options or {})).run(**meta)
 
 
 def compare(model: str, chips: Sequence[str], *, batch: int | None = None, seq_len: int | None = None,

@@ -114,11 +114,15 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         allow_cpu_fallback: bool = typer.Option(False, "--allow-cpu-fallback",
                                                 help="Run ops the chip cannot run on the host CPU (and charge it)."),
         top: int | None = typer.Option(None, "--top", help="Show only the N slowest kernels."),
+        engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
+        stack: str | None = typer.Option(None, "--stack", help="gpu engine: software stack "
+                                         "(tensorrt-llm, vllm, pytorch-eager)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Simulate one model on one chip: per-kernel table and totals."""
     try:
         r = api.simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=phase, kv_len=kv_len,
-                         chip_overrides=_overrides(set_), allow_cpu_fallback=allow_cpu_fallback)
+                         chip_overrides=_overrides(set_), allow_cpu_fallback=allow_cpu_fallback, engine=engine,
+                         engine_options={"stack": stack} if stack else None)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from mtiasim.engines.analytical import AnalyticalEngine
+from mtiasim.engines.gpu import GPUEngine
 from mtiasim.engines.result import OpResult, Result
 
-ENGINES: dict[str, Any] = {"analytical": AnalyticalEngine}
+ENGINES: dict[str, Any] = {"analytical": AnalyticalEngine, "gpu": GPUEngine}
 
 
 def get_engine(name: str) -> Any:
@@ -17,4 +18,4 @@ def get_engine(name: str) -> Any:
         raise ValueError(f"unknown engine '{name}'; available: {', '.join(ENGINES)}") from None
 
 
-__all__ = ["ENGINES", "AnalyticalEngine", "OpResult", "Result", "get_engine"]
+__all__ = ["ENGINES", "AnalyticalEngine", "GPUEngine", "OpResult", "Result", "get_engine"]
