@@ -11,7 +11,7 @@ preemption). Requests are routed to replicas round-robin.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mtiasim.serving.cost import LLMStepCost, StepShape
 from mtiasim.serving.traffic import Request
@@ -74,7 +74,6 @@ class ReplicaStats:
     busy_s: float = 0.0
     preemptions: int = 0
     max_batch_seen: int = 0
-    step_tokens: list[int] = field(default_factory=list)
 
 
 def _blocks(tokens: int, block: int) -> int:
