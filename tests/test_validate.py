@@ -84,3 +84,13 @@ def test_cli_validate_json():
     for key in ("rows", "predicted", "coverage_pct", "mape_pct", "median_ape_pct", "by_row"):
         assert key in d
     assert {"accelerator", "benchmark", "scenario", "metric", "value", "prediction", "ape_pct"} <= set(d["by_row"][0])
+
+
+def test_gptj_inferred_tokens_metric_is_samples_times_69(tmp_path):
+    f = tmp_path / "gptj.csv"
+    f.write_text("accelerator,n_accel,benchmark,scenario,metric,value\n"
+                 "H100-SXM-80GB,1,gptj-99,Offline,samples_per_second,36\n"
+                 "H100-SXM-80GB,1,gptj-99,Offline,inferred_tokens_per_second (official v5.0 GPT-J metric),2500\n")
+    rep = validate(f)
+    samples, tokens = (r.prediction for r in rep.by_row)
+    assert tokens == pytest.approx(69 * samples)  # mlperf.conf token_latency_scaling_factor

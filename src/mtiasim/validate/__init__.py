@@ -34,7 +34,10 @@ METRICS = {
     "p99_ttft_ms": ("latency", "p99_ttft_s"),
     "p99_tpot_ms": ("latency", "p99_tpot_s"),
     "p99_latency_ms": ("latency", "p99_e2e_s"),
+    # GPT-J's v5.0 official metric: samples/s x 69 (gptj token_latency_scaling_factor, mlperf.md 0)
+    "inferred_tokens_per_second (official v5.0 GPT-J metric)": ("throughput", "inferred_tokens_per_s"),
 }
+GPTJ_TOKEN_SCALING = 69  # mlperf.conf gptj.*.token_latency_scaling_factor (mlperf.md section 0)
 
 
 class RowResult(BaseModel):
@@ -140,7 +143,7 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
             pred = predictor.get(row["benchmark"], system, scenario)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
-    value = getattr(pred, field)
+    value = pred.samples_per_s * GPTJ_TOKEN_SCALING if field == "inferred_tokens_per_s" else getattr(pred, field)
     if value is None:
         return None, f"the simulation produced no {field}"
     if metric.endswith("_ms"):
