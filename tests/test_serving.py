@@ -127,13 +127,15 @@ def test_tensor_parallel_shard_is_faster_but_pays_for_all_reduces():
 
 
 def test_plans():
-    p = plan_llm(lambda t: step_cost("llama2-70b", H100x8, t, "fp8"), load_chip("h100-sxm-80gb"), 8, model="llama2-70b")
+    p = plan_llm(lambda t, pp: step_cost("llama2-70b", H100x8, t, "fp8", None, pp), load_chip("h100-sxm-80gb"), 8,
+                 model="llama2-70b")
     assert (p.tp, p.dp) == (1, 8) and p.kv_capacity_tokens > 2048
-    p2 = plan_llm(lambda t: step_cost("llama2-70b", H100x8, t, "bf16"), load_chip("h100-sxm-80gb"), 8, model="llama2-70b")
+    p2 = plan_llm(lambda t, pp: step_cost("llama2-70b", H100x8, t, "bf16", None, pp), load_chip("h100-sxm-80gb"), 8,
+                  model="llama2-70b")
     assert p2.tp == 2  # 138 GB of BF16 weights need two 80 GB GPUs
     one = SystemSpec.parse("mtia-200:1")
     with pytest.raises(DoesNotFit, match=r"llama2-70b does not fit on mtia-200:1: TP=1: weights 138.0 GB/chip"):
-        plan_llm(lambda t: step_cost("llama2-70b", one, t, "bf16"), one.load_chip(), 1, model="llama2-70b")
+        plan_llm(lambda t, pp: step_cost("llama2-70b", one, t, "bf16", None, pp), one.load_chip(), 1, model="llama2-70b")
 
 
 def test_system_spec_parsing(tmp_path):
@@ -305,3 +307,26 @@ def test_trace_input(tmp_path):
     (tmp_path / "cols.csv").write_text("t,p\n1,2\n")
     with pytest.raises(ValueError, match="missing column"):
         load_trace(str(tmp_path / "cols.csv"))
+
+
+def test_pipeline_parallelism():
+    from mtiasim.system.collectives import p2p_s
+
+    one = step_cost("llama2-70b", H100x8, 2, "fp8")
+    two = step_cost("llama2-70b", H100x8, 2, "fp8", None, 2)
+    # each stage holds half the layers: half the weights and half the KV per token on a chip
+    assert two.weight_bytes_per_chip == pytest.approx(one.weight_bytes_per_chip / 2)
+    assert two.kv_bytes_per_token_per_chip == pytest.approx(one.kv_bytes_per_token_per_chip / 2)
+    # a step's latency is the whole model's plus one stage-boundary send of the activations
+    shape = StepShape(((512, 0),), 0, 0)
+    hop = p2p_s(load_chip("h100-sxm-80gb"), 512 * 8192 * 2)
+    assert two.step_s(shape) == pytest.approx(one.step_s(shape) + hop, rel=1e-9)
+    with pytest.raises(ValueError, match="pipeline parallelism 3 does not divide 80 layers"):
+        step_cost("llama2-70b", H100x8, 1, "fp8", None, 3)
+    # with TP pinned to 1, BF16 llama2-70b (138 GB) needs two pipeline stages per replica
+    p = plan_llm(lambda t, pp: step_cost("llama2-70b", H100x8, t, "bf16", None, pp), load_chip("h100-sxm-80gb"), 8,
+                 tp=1, model="llama2-70b")
+    assert (p.tp, p.pp, p.dp) == (1, 2, 4) and "PP=2" in p.describe()
+    rep = serve_llm("llama2-70b", "h100-sxm-80gb:8", qps=None, requests=200, tp=1, dtype="bf16",
+                    prompt_tokens=256, output_tokens=32)
+    assert (rep.tp, rep.pp, rep.dp) == (1, 2, 4) and rep.completed == 200

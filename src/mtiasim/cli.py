@@ -195,6 +195,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           prompt_tokens: int | None = typer.Option(None, "--input-len", min=1, help="Fixed prompt length."),
           output_tokens: int | None = typer.Option(None, "--output-len", min=1, help="Fixed output length."),
           tp: int | None = typer.Option(None, "--tp", min=1, help="Tensor-parallel degree (default: smallest that fits)."),
+          pp: int | None = typer.Option(None, "--pp", min=1, help="Pipeline stages per replica (default: planned)."),
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
@@ -224,7 +225,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         from mtiasim.serving.traffic import load_trace
 
         rep = serve_llm(model, system, qps=qps, requests=requests, seed=seed, prompt_tokens=prompt_tokens,
-                        output_tokens=output_tokens, scheduler=sched, tp=tp, dtype=dtype,
+                        output_tokens=output_tokens, scheduler=sched, tp=tp, pp=pp, dtype=dtype,
                         slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
                         request_list=load_trace(trace) if trace else None)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:

@@ -22,11 +22,19 @@ from mtiasim.system.spec import SystemSpec
 _COSTS: dict[tuple, LLMStepCost] = {}
 
 
-def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dtype: str | None = None) -> LLMStepCost:
-    """Step-cost model of a tp-way shard, memoised per process (its grids are built lazily)."""
-    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype)
+def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dtype: str | None = None,
+              pp: int = 1) -> LLMStepCost:
+    """Step-cost model of a tp-way, pp-stage shard, memoised per process (grids built lazily;
+    the dense and attention grids do not depend on pp, so they are shared across pp)."""
+    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype, pp)
     if key not in _COSTS:
-        _COSTS[key] = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype)
+        cost = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype, pp)
+        base = _COSTS.get(key[:-1] + (1,))
+        if base is not None:  # reuse the grids of the pp=1 model
+            for attr in ("_dense", "_decode_attention", "_prefill_attention"):
+                if attr in base.__dict__:
+                    cost.__dict__[attr] = base.__dict__[attr]
+        _COSTS[key] = cost
     return _COSTS[key]
 
 
@@ -58,6 +66,7 @@ class ServingReport(BaseModel):
     system: str
     plan: str
     tp: int
+    pp: int
     dp: int
     dtype: str
     kv_dtype: str
@@ -85,7 +94,8 @@ class ServingReport(BaseModel):
 
 def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, requests: int = 1000, seed: int = 0,
               dataset: str | None = None, prompt_tokens: int | None = None, output_tokens: int | None = None,
-              scheduler: SchedulerConfig | None = None, tp: int | None = None, dtype: str | None = None,
+              scheduler: SchedulerConfig | None = None, tp: int | None = None, pp: int | None = None,
+              dtype: str | None = None,
               slo: SLO | None = None, request_list: list[Request] | None = None,
               kv_dtype: str | None = None) -> ServingReport:
     t0 = time.perf_counter()
@@ -95,16 +105,20 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     sched = scheduler or SchedulerConfig(max_num_seqs=int(cal["max_num_seqs"].value),
                                          max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
                                          block_tokens=int(cal["kv_block_tokens"].value))
-    plan = plan_llm(lambda t: step_cost(model, sysspec, t, dtype, kv_dtype), chip, sysspec.count, tp=tp, model=model)
-    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype)
+    plan = plan_llm(lambda t, p: step_cost(model, sysspec, t, dtype, kv_dtype, p), chip, sysspec.count, tp=tp, pp=pp,
+                    model=model)
+    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp)
     reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)
     records: list[RequestRecord] = []
     busy, preempt, end = 0.0, 0, 0.0
-    for part in route_round_robin(reqs, plan.dp):
+    # a pp-stage pipeline keeps pp micro-batches in flight: pp independent batches, each with a
+    # pp-th of the replica's KV cache and the full (all-stage) step latency
+    lanes = plan.dp * plan.pp
+    for part in route_round_robin(reqs, lanes):
         if not part:
             continue
-        recs, stats, finish = run_replica(part, cost, plan.kv_capacity_tokens, sched)
+        recs, stats, finish = run_replica(part, cost, plan.kv_capacity_tokens // plan.pp, sched)
         records += recs
         busy += stats.busy_s
         preempt += stats.preemptions
@@ -115,13 +129,13 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     ttft = [r.ttft_s for r in done if r.ttft_s is not None]
     tpot = [r.tpot_s for r in done if r.tpot_s is not None]
     rep = ServingReport(
-        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, dp=plan.dp, dtype=cost.dtype,
+        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, pp=plan.pp, dp=plan.dp, dtype=cost.dtype,
         kv_dtype=cost.kv_dtype, qps=qps,
         requests=len(records), completed=len(done), rejected=sum(r.rejected is not None for r in records),
         duration_s=duration, output_tokens_per_s=sum(r.request.output_tokens for r in done) / duration,
         requests_per_s=len(done) / duration, ttft_s=Percentiles.of(ttft), tpot_s=Percentiles.of(tpot),
         e2e_s=Percentiles.of([r.e2e_s for r in done]), preemptions=preempt,
-        kv_capacity_tokens_per_replica=plan.kv_capacity_tokens, utilization=min(1.0, busy / (duration * plan.dp)),
+        kv_capacity_tokens_per_replica=plan.kv_capacity_tokens, utilization=min(1.0, busy / (duration * lanes)),
         slo=slo or SLO(), meets_slo=None, wall_s=0.0)
     if slo is not None:
         ok = rep.completed == rep.requests

@@ -9,7 +9,10 @@ token per decoding sequence). Its time splits into parts that depend on differen
 - decode attention per layer: one paged-attention kernel over all cached tokens of the decoding
   sequences (its flops and bytes are those of a single query over the summed context);
 - prefill attention per layer and chunk: a causal attention kernel, by query-key pairs;
-- tensor parallelism: two all-reduces per layer of the step's activations (Megatron-LM).
+- tensor parallelism: two all-reduces per layer of the step's activations (Megatron-LM);
+- pipeline parallelism: a step crosses pp-1 stage boundaries (point-to-point sends); each chip
+  holds 1/pp of the layers' weights and KV cache. The serving loop keeps pp micro-batches in flight
+  per replica (see ``serving/llm.py``).
 Grids are evaluated once (captures are cached on disk) and interpolated, so a step costs
 microseconds and a 10,000-request serving run takes seconds.
 """
@@ -29,7 +32,7 @@ from mtiasim.compiler.quantize import activation_dtype
 from mtiasim.frontend import zoo
 from mtiasim.graph import Graph, Node, TensorSpec
 from mtiasim.graph.dtypes import nbytes
-from mtiasim.system.collectives import allreduce_s
+from mtiasim.system.collectives import allreduce_s, p2p_s
 
 TOKEN_GRID = [2**i for i in range(0, 15)]  # 1 .. 16384 tokens per step
 CONTEXT_GRID = [2**i for i in range(4, 24)]  # 16 .. 8M cached tokens per decode step
@@ -51,11 +54,11 @@ class StepShape:
 
 class LLMStepCost:
     def __init__(self, model: str, chip: ChipSpec, tp: int = 1, dtype: str | None = None,
-                 kv_dtype: str | None = None):
+                 kv_dtype: str | None = None, pp: int = 1):
         entry = zoo.get(model)
         if entry.family != "llm":
             raise ValueError(f"{model} is not an LLM (family {entry.family})")
-        self.model, self.chip, self.tp = model, chip, tp
+        self.model, self.chip, self.tp, self.pp = model, chip, tp, pp
         self.cfg = entry.config()
         self.dtype = dtype or entry.default_dtype
         self.act_dtype = activation_dtype(self.dtype)
@@ -68,15 +71,18 @@ class LLMStepCost:
         self.shard = {"n_heads": self.heads, "n_kv_heads": self.kv_heads, "ffn": c["ffn"] // tp,
                       "head_dim": c["head_dim"], "vocab": math.ceil(c["vocab"] / tp)}
         self.layers = c["n_layers"]
+        if pp < 1 or self.layers % pp:
+            raise ValueError(f"{model}: pipeline parallelism {pp} does not divide {self.layers} layers")
 
     # ---- memory ---------------------------------------------------------------------------
     @cached_property
     def weight_bytes_per_chip(self) -> float:
-        return zoo.get(self.model).param_count() * nbytes(self.dtype) / self.tp
+        return zoo.get(self.model).param_count() * nbytes(self.dtype) / (self.tp * self.pp)
 
     @property
     def kv_bytes_per_token_per_chip(self) -> float:
-        return 2 * self.layers * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype)
+        """Each pipeline stage keeps the KV of its own layers."""
+        return 2 * (self.layers // self.pp) * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype)
 
     # ---- grids -----------------------------------------------------------------------------
     def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
@@ -143,8 +149,11 @@ class LLMStepCost:
             for q, before in step.prefill:
                 pairs = q * before + q * (q + 1) / 2
                 attn += float(_interp(pairs, x, y))
-        comm = 2 * allreduce_s(self.chip, n * self.cfg["hidden"] * nbytes(self.act_dtype), self.tp)
-        return base + self.layers * (layer + attn + comm)
+        act_bytes = n * self.cfg["hidden"] * nbytes(self.act_dtype)
+        comm = 2 * allreduce_s(self.chip, act_bytes, self.tp)
+        # a token's step crosses pp-1 stage boundaries (point-to-point sends of its activations)
+        hops = (self.pp - 1) * p2p_s(self.chip, act_bytes)
+        return base + self.layers * (layer + attn + comm) + hops
 
 
 def _interp(v: float, x: np.ndarray, y: np.ndarray) -> float:

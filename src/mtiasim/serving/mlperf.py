@@ -143,10 +143,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                             block_tokens=int(cal["kv_block_tokens"].value))
     n_offline = requests or int(info["samples"])
     n_server = requests or min(3000, int(info["samples"]))
-    kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), dtype=dep.get("dtype"),
-              kv_dtype=dep.get("kv_dtype"))
-    if sysspec.count % (dep.get("tp") or 1):
-        kw["tp"] = None  # the submitters' TP does not divide this system: plan it
+    kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), pp=dep.get("pp"),
+              dtype=dep.get("dtype"), kv_dtype=dep.get("kv_dtype"))
+    if sysspec.count % ((dep.get("tp") or 1) * (dep.get("pp") or 1)):
+        kw["tp"] = kw["pp"] = None  # the submitters' layout does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
     slo = SLO(ttft_p99_s=bounds.get("ttft_p99_s"), tpot_p99_s=bounds.get("tpot_p99_s"))
 

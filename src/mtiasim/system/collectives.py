@@ -45,3 +45,11 @@ def alltoall_s(chip: ChipSpec, nbytes: float, n: int) -> float:
     c = _cal()
     bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
     return (n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value
+
+
+def p2p_s(chip: ChipSpec, nbytes: float) -> float:
+    """One point-to-point send between neighbouring chips (a pipeline stage boundary)."""
+    if nbytes <= 0:
+        return 0.0
+    c = _cal()
+    return nbytes / (link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value) + c["step_latency_s"].value

@@ -24,39 +24,48 @@ class DoesNotFit(ValueError):
 
 @dataclass(frozen=True)
 class LLMPlan:
-    """``dp`` data-parallel replicas of ``tp``-way tensor-parallel shards."""
+    """``dp`` data-parallel replicas of ``tp``-way tensor-parallel x ``pp``-stage pipelines."""
 
     tp: int
     dp: int
     weight_bytes_per_chip: float
     kv_capacity_tokens: int  # per replica
     chip_memory_bytes: float
+    pp: int = 1
 
     def describe(self) -> str:
-        return (f"TP={self.tp} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip, "
+        pp = f" x PP={self.pp}" if self.pp > 1 else ""
+        return (f"TP={self.tp}{pp} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip, "
                 f"KV cache {self.kv_capacity_tokens:,} tokens per replica")
 
 
-def plan_llm(cost_for_tp, chip: ChipSpec, count: int, *, tp: int | None = None, min_kv_tokens: int = 2048,
-             model: str = "model") -> LLMPlan:
-    """Smallest tensor-parallel degree (a power of two dividing ``count``) whose shard and a
-    minimum KV cache (``min_kv_tokens``, one long request) fit in a chip's memory; the other chips
-    form data-parallel replicas. ``cost_for_tp(tp)`` gives the step-cost model of a tp-way shard."""
+def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp: int | None = None,
+             min_kv_tokens: int = 2048, model: str = "model") -> LLMPlan:
+    """The fewest chips per replica (tensor-parallel degree x pipeline stages, powers of two
+    dividing ``count``; more TP before more stages, as TP stays within a scale-up domain and
+    cuts latency) whose shard and a minimum KV cache (``min_kv_tokens``, one long request) fit in
+    a chip's memory; the other chips form data-parallel replicas. ``cost_for(tp, pp)`` gives the
+    step-cost model of one shard."""
     cap = chip.dram.capacity_bytes.value or 0.0
     frac = serving_calibration()["kv_memory_fraction"].value
-    candidates = [tp] if tp else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= count and count % t == 0]
+    pows = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= count and count % t == 0]
+    shapes = [(t, p) for t in ([tp] if tp else pows) for p in ([pp] if pp else pows)
+              if t * p <= count and count % (t * p) == 0]
+    shapes.sort(key=lambda tp_pp: (tp_pp[0] * tp_pp[1], tp_pp[1]))
     tried = []
-    for t in candidates:
+    for t, p in shapes:
+        label = f"TP={t}" + (f" PP={p}" if p > 1 else "")
         try:
-            cost = cost_for_tp(t)
+            cost = cost_for(t, p)
         except ValueError as e:
-            tried.append(f"TP={t}: {e}")
+            tried.append(f"{label}: {e}")
             continue
         free = (cap - cost.weight_bytes_per_chip) * frac
         kv_tokens = int(free // cost.kv_bytes_per_token_per_chip) if free > 0 else 0
         if kv_tokens >= min_kv_tokens:
-            return LLMPlan(t, count // t, cost.weight_bytes_per_chip, kv_tokens, cap)
-        tried.append(f"TP={t}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip + KV for {min_kv_tokens} tokens "
-                     f"({min_kv_tokens * cost.kv_bytes_per_token_per_chip / 1e9:.2f} GB) > "
+            return LLMPlan(t, count // (t * p), cost.weight_bytes_per_chip, kv_tokens, cap, p)
+        tried.append(f"{label}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip + KV for {min_kv_tokens} "
+                     f"tokens ({min_kv_tokens * cost.kv_bytes_per_token_per_chip / 1e9:.2f} GB) > "
                      f"{frac:.0%} of {cap / 1e9:.0f} GB free for the cache")
-    raise DoesNotFit(f"{model} does not fit on {chip.name}:{count}: " + "; ".join(tried))
+    raise DoesNotFit(f"{model} does not fit on {chip.name}:{count}: " + "; ".join(tried[:4])
+                     + (f"; ... ({len(tried)} layouts tried)" if len(tried) > 4 else ""))
