@@ -164,7 +164,9 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
     if problems:
         raise CaptureError(
             f"{name}: {len(problems)} op(s) cannot be lowered to mtiasim's IR:\n" + "\n".join(problems)
-            + "\nPass --allow-cpu-fallback (allow_cpu_fallback=True) to run unsupported ops on the host."
+            + ("\nPass --allow-cpu-fallback (allow_cpu_fallback=True) to run unsupported ops on the host."
+               if any("data-dependent" not in p for p in problems) else
+               "\nShapes that depend on tensor values cannot be simulated statically; make them static.")
         )
     return Graph(name=name, tensors=tensors, nodes=nodes, inputs=inputs, outputs=outputs,
                  meta={"targets": targets})
