@@ -131,3 +131,44 @@ def test_pointwise_broadcast_and_errors():
 def test_unknown_op_is_named():
     with pytest.raises(OpError, match="no_such_op"):
         get_op("no_such_op")
+
+
+def test_conv2d_implicit_gemm_by_hand():
+    # ResNet stem: x [8, 3, 224, 224], w [64, 3, 7, 7], stride 2, padding 3 -> [8, 64, 112, 112];
+    # implicit GEMM M = 8*112*112 = 100,352 pixels, N = 64 filters, K = 3*7*7 = 147
+    x, w = T((8, 3, 224, 224), "int8"), T((64, 3, 7, 7), "int8", "param")
+    op = get_op("conv2d")
+    attrs = {"stride": [2, 2], "padding": [3, 3], "dilation": [1, 1], "groups": 1}
+    (y,) = op.infer([x, w], attrs)
+    assert y.shape == (8, 64, 112, 112)
+    work = op.work([x, w], [y], attrs)
+    assert [(g.batch, g.m, g.n, g.k) for g in work.gemms] == [(1, 100_352, 64, 147)]
+    assert work.matrix_flops == 2 * 100_352 * 64 * 147 == 1_888_223_232
+    assert work.bytes_read == {"in0": 8 * 3 * 224 * 224, "in1": 64 * 147}
+
+
+def test_grouped_conv_and_errors():
+    op = get_op("conv2d")
+    # depthwise-style: 32 groups of 1 channel -> batch of 32 GEMMs with N = 1, K = 9
+    attrs = {"stride": 1, "padding": 1, "groups": 32}
+    (y,) = op.infer([T((1, 32, 10, 10)), T((32, 1, 3, 3), kind="param")], attrs)
+    work = op.work([T((1, 32, 10, 10)), T((32, 1, 3, 3), kind="param")], [y], attrs)
+    assert [(g.batch, g.m, g.n, g.k) for g in work.gemms] == [(32, 100, 1, 9)]
+    with pytest.raises(OpError, match="conv2d.*C_in=16"):
+        op.infer([T((1, 16, 8, 8)), T((4, 8, 3, 3))], {"groups": 1})
+    with pytest.raises(OpError, match="too small"):
+        op.infer([T((1, 3, 2, 2)), T((4, 3, 5, 5))], {})
+
+
+@pytest.mark.parametrize("attrs,hw", [({"kind": "max", "kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}, 56),
+                                      ({"kind": "avg", "kernel": 2, "stride": 2}, 56),
+                                      ({"kind": "max", "kernel": 3, "stride": 2, "ceil_mode": True}, 56),
+                                      ({"kind": "avg", "output_size": [1, 1]}, 1)])
+def test_pool_shapes_match_pytorch(attrs, hw):
+    import torch
+
+    op = get_op("pool2d")
+    x = torch.randn(1, 4, 112, 112)
+    (y,) = op.infer([T(x.shape)], attrs)
+    ref = op.reference(x, **attrs)
+    assert y.shape == tuple(ref.shape) and ref.shape[-1] == hw

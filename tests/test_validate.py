@@ -19,15 +19,15 @@ def report():
 
 
 def test_every_row_is_accounted_for(report):
-    assert report.rows == 7 and len(report.by_row) == 7
+    assert report.rows == 8 and len(report.by_row) == 8
     predicted = [r for r in report.by_row if r.prediction is not None]
-    assert len(predicted) == 3 == report.predicted
-    assert report.coverage_pct == pytest.approx(300 / 7)
+    assert len(predicted) == 4 == report.predicted
+    assert report.coverage_pct == pytest.approx(400 / 8)
     for r in report.by_row:
         assert (r.prediction is None) == (r.reason is not None)
         assert r.model_dump()["accelerator"]  # the input row's own columns are kept
     reasons = " | ".join(r.reason for r in report.by_row if r.reason)
-    assert "avg_system_power_w" in reasons and "no chip preset" in reasons and "resnet50" in reasons
+    assert "avg_system_power_w" in reasons and "no chip preset" in reasons and "dlrm-v1-99" in reasons
     assert "frobs_per_second" in reasons
 
 
@@ -38,13 +38,22 @@ def test_errors_are_computed_from_prediction_and_measurement(report):
             assert r.ape_pct == pytest.approx(abs(r.prediction - measured) / measured * 100)
     apes = [r.ape_pct for r in report.by_row if r.ape_pct is not None]
     assert report.mape_pct == pytest.approx(sum(apes) / len(apes))
-    assert report.by_kind["throughput"].predicted == 2 and report.by_kind["latency"].predicted == 1
+    assert report.by_kind["throughput"].predicted == 3 and report.by_kind["latency"].predicted == 1
 
 
 def test_accelerator_names_map_case_insensitively(report):
     # 'h100-sxm-80gb' (lower case) reached the metric check, not the preset check
     row = next(r for r in report.by_row if r.model_dump()["metric"] == "avg_system_power_w")
     assert "not predicted" in row.reason
+
+
+def test_row_with_surplus_fields_is_reported_not_dropped(tmp_path):
+    f = tmp_path / "extra.csv"
+    f.write_text("accelerator,n_accel,benchmark,scenario,metric,value\n"
+                 "H100-SXM-80GB,8,dlrm-v1-99 (DLRM-v1, not v2),Offline,samples_per_second,5366820\n")
+    rep = validate(f)
+    assert rep.rows == 1 and rep.predicted == 0
+    assert "row 2" in rep.by_row[0].reason and "unquoted comma" in rep.by_row[0].reason
 
 
 def test_bad_files_name_the_problem(tmp_path):
@@ -64,8 +73,9 @@ def test_packaged_calibration_set_is_the_shared_one():
 def test_benchmark_names():
     assert benchmark_info("llama2-70b-99.9")["model"] == "llama2-70b"
     assert benchmark_info("gptj-99")["model"] == "gptj-6b"
-    with pytest.raises(ValueError, match="unsupported MLPerf benchmark 'bert-99'"):
-        benchmark_info("bert-99")
+    assert benchmark_info("bert-99.9")["model"] == "bert-large"
+    with pytest.raises(ValueError, match="unsupported MLPerf benchmark 'stable-diffusion-xl'"):
+        benchmark_info("stable-diffusion-xl")
 
 
 def test_server_prediction_meets_its_bounds():

@@ -13,7 +13,7 @@ from mtiasim.frontend.zoo import Workload, ZooModel
 
 EXPECTED_NAMES = {
     "dlrm-v2", "ranking-lc", "ranking-hc", "llama2-7b", "llama2-13b", "llama2-70b", "llama3.1-8b",
-    "llama3.1-70b", "llama3.1-405b", "mixtral-8x7b", "gptj-6b",
+    "llama3.1-70b", "llama3.1-405b", "mixtral-8x7b", "gptj-6b", "bert-large", "resnet50",
 }
 TINY_LLAMA = {"n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn": 128, "vocab": 100}
 
@@ -27,8 +27,8 @@ def test_names_and_lookup():
     for n in zoo.names():
         m = zoo.get(n)
         assert isinstance(m, ZooModel) and m.name == n
-        assert m.family in ("ranking", "llm") and m.source and m.description
-        assert m.phases == (("forward",) if m.family == "ranking" else ("prefill", "decode"))
+        assert m.family in ("ranking", "llm", "encoder", "vision") and m.source and m.description
+        assert m.phases == (("prefill", "decode") if m.family == "llm" else ("forward",))
 
 
 def test_unknown_name_lists_names():
@@ -48,8 +48,10 @@ def test_every_model_builds_on_meta(name):
         assert w.default_dtype == m.default_dtype and w.batch == m.default_batch
         # every parameter is accounted for by the analytic count
         assert sum(p.numel() for p in w.module.parameters()) == m.param_count()
-        if m.family == "ranking":
+        if m.family in ("ranking", "vision"):
             assert (w.seq_len, w.kv_len, w.items, w.item_unit) == (None, None, w.batch, "sample")
+        elif m.family == "encoder":
+            assert (w.seq_len, w.kv_len, w.items, w.item_unit) == (384, None, w.batch, "sample")
         elif phase == "prefill":
             assert (w.seq_len, w.kv_len, w.item_unit) == (1024, None, "token")
             assert w.items == w.batch * 1024 and w.example_inputs[0].shape == (1, 1024)
@@ -312,3 +314,42 @@ def test_ranking_defaults_and_range():
         zoo.get("ranking-lc:abc")
     with pytest.raises(ValueError, match="parameter"):
         zoo.get("llama2-7b:3")
+
+
+# ---------------------------------------------------------------- bert-large, resnet50
+def test_resnet50_matches_torchvision_counts():
+    # torchvision's resnet50 (v1.5) model card: num_params 25,557,032 and "GFLOPS 4.09" per 224x224
+    # image, which counts multiply-accumulates; the IR counts 2 flops per MAC.
+    from mtiasim.api import workload_graph
+    from mtiasim.compiler.fusion import node_work
+
+    assert zoo.get("resnet50").param_count() == 25_557_032
+    g, _ = workload_graph("resnet50", batch=1)
+    macs = sum(node_work(g, n).matrix_flops for n in g.nodes) / 2
+    assert macs == pytest.approx(4.09e9, rel=0.005)
+    assert sum(n.op == "conv2d" for n in g.nodes) == 53  # 49 in the bottlenecks + stem + 3 projection shortcuts
+
+
+def test_bert_large_shapes_and_params():
+    m = zoo.get("bert-large")
+    # 24 x 12.6M encoder weights + 31.8M embedding table rows: the 334M of BERT-large without the pooler
+    assert m.param_count() == 334_094_338
+    with pytest.raises(ValueError, match="max_positions"):
+        m.build(seq_len=600)
+
+
+@pytest.mark.parametrize("name,kw", [("resnet50", {"batch": 2, "image": 64}),
+                                     ("bert-large", {"batch": 2, "seq_len": 12, "n_layers": 2})])
+def test_vision_and_encoder_ir_equals_pytorch(name, kw):
+    from mtiasim.frontend.capture import capture
+    from mtiasim.graph.execute import execute, module_feeds
+
+    w = zoo.get(name).build(device="cpu", **kw)
+    g = capture(w.module, w.example_inputs)
+    with torch.no_grad():
+        ref = w.module(*w.example_inputs)
+        feeds = module_feeds(g, w.module, w.example_inputs)
+        out = execute(g, feeds)[0]
+        own = execute(g, feeds, reference_ops={"conv2d", "batchnorm", "pool2d", "layernorm", "attention"})[0]
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(own, ref, rtol=1e-4, atol=1e-4)

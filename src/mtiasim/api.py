@@ -57,6 +57,7 @@ def simulate(
     allow_cpu_fallback: bool = False,
     options: CompileOptions | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    act_dtype: str | None = None,
 ) -> Result:
     """Predict how ``model_or_name`` runs on ``chip``.
 
@@ -65,6 +66,8 @@ def simulate(
     ``phase`` is ``"prefill"`` (default; ``seq_len`` prompt tokens) or ``"decode"`` (one token per
     sequence with ``kv_len`` cached tokens). ``engine`` is ``"analytical"`` (any chip) or
     ``"gpu"`` (GPU presets; ``engine_options={"stack": "vllm"}`` picks the software stack).
+    ``act_dtype`` stores activations between kernels in that dtype (default: the zoo model's
+    deployment default when ``dtype`` is its default, e.g. INT8 for resnet50; else 16-bit).
     Returns a :class:`~mtiasim.engines.result.Result`.
     """
     spec = load_chip(chip, chip_overrides)
@@ -74,6 +77,9 @@ def simulate(
         meta = dict(model=w.name, phase=w.phase, batch=w.batch, seq_len=w.seq_len, kv_len=w.kv_len,
                     items=w.items, item_unit=w.item_unit)
         default_dtype = w.default_dtype
+        asked = options.dtype if options is not None else dtype
+        if act_dtype is None and (options is None or options.act_dtype is None) and asked in (None, w.default_dtype):
+            act_dtype = w.default_act_dtype  # the deployment default that goes with the default precision
     elif isinstance(model_or_name, torch.nn.Module):
         if example_inputs is None:
             raise ValueError("simulate(module, ...) needs example_inputs (a tuple of tensors; meta tensors work)")
@@ -86,6 +92,8 @@ def simulate(
     else:
         raise TypeError(f"model_or_name must be a zoo name or an nn.Module, got {type(model_or_name).__name__}")
     opts = options or CompileOptions(dtype=dtype)
+    if act_dtype is not None:
+        opts = CompileOptions(**{**opts.model_dump(), "act_dtype": act_dtype})  # validates the dtype
     program = compile(graph, spec, opts, default_dtype=default_dtype)
     return run_program(program, engine, engine_options, dtype=opts.dtype or default_dtype, **meta)
 

@@ -108,6 +108,8 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         batch: int | None = typer.Option(None, "--batch", min=1, help="Batch (samples; sequences for LLMs)."),
         seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Prompt tokens (LLM prefill)."),
         dtype: str | None = typer.Option(None, "--dtype", help="Matrix precision: fp32 bf16 fp16 fp8 int8 mx8 mx4 fp4."),
+        act_dtype: str | None = typer.Option(None, "--act-dtype", help="Activation storage between kernels "
+                                             "(default: the model's deployment default, else 16-bit)."),
         phase: str | None = typer.Option(None, "--phase", help="LLMs: prefill (default) or decode."),
         kv_len: int | None = typer.Option(None, "--kv-len", min=1, help="LLM decode: tokens in the KV cache."),
         set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
@@ -122,7 +124,7 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
     try:
         r = api.simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=phase, kv_len=kv_len,
                          chip_overrides=_overrides(set_), allow_cpu_fallback=allow_cpu_fallback, engine=engine,
-                         engine_options={"stack": stack} if stack else None)
+                         engine_options={"stack": stack} if stack else None, act_dtype=act_dtype)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:
@@ -202,18 +204,19 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           ttft_p99: str | None = typer.Option(None, "--ttft-p99", help="SLO on p99 time to first token, e.g. 2s."),
           tpot_p99: str | None = typer.Option(None, "--tpot-p99", help="SLO on p99 time per output token, e.g. 200ms."),
           batch_pairs: int = typer.Option(65536, "--batch-pairs", min=1,
-                                          help="Ranking: target user-item pairs per batch."),
-          batch_timeout: str = typer.Option("10ms", "--batch-timeout", help="Ranking: longest wait to fill a batch."),
-          latency_p99: str | None = typer.Option(None, "--p99", help="Ranking: SLO on p99 query latency, e.g. 60ms."),
+                                          help="Batched models: target items per batch (DLRM: user-item pairs)."),
+          batch_timeout: str = typer.Option("10ms", "--batch-timeout", help="Batched models: longest wait to fill a batch."),
+          latency_p99: str | None = typer.Option(None, "--p99", help="Batched models: SLO on p99 query latency, e.g. 60ms."),
           as_json: bool = typer.Option(False, "--json")):
     """Simulate serving a model on a multi-chip system and report latency percentiles, throughput
-    and whether the SLOs hold. LLMs: continuous batching with a paged KV cache. Ranking models
-    (dlrm-v2, ranking-lc/hc): queries of user-item pairs, dynamically batched per chip."""
+    and whether the SLOs hold. LLMs: continuous batching with a paged KV cache. Batched models
+    (dlrm-v2, ranking-lc/hc: queries of user-item pairs; bert-large, resnet50: one sample per
+    query): dynamically batched per chip."""
     from mtiasim.serving import SLO, serve_llm
     from mtiasim.serving.llm import SchedulerConfig
     from mtiasim.system.plan import serving_calibration
 
-    if zoo.get(model).family == "ranking":
+    if zoo.get(model).family != "llm":
         _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, latency_p99, as_json)
         return
     cal = serving_calibration()

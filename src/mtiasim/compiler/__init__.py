@@ -24,7 +24,8 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     notes: list[str] = []
 
     appends, cached_keys, cache_inputs = find_kv_appends(graph)
-    graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype, options.op_dtypes)
+    graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype, options.op_dtypes,
+                          options.act_dtype)
     nodes = []
     for n in graph.nodes:
         if n.name in appends:
@@ -39,7 +40,7 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
         notes.append(f"{chip.name} has no {requested} matrix engine; computing in {mdtype} "
                      f"(weights stay {requested} in memory)")
     vdtype = activation_dtype(requested)
-    adtype = compute_dtype(chip, vdtype)  # attention runs in the activation precision
+    adtype = compute_dtype(chip, options.act_dtype or vdtype)  # attention runs in the activation precision
 
     base = view_bases(graph)
     groups = group(graph, options.fuse, appends)

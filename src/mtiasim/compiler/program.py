@@ -19,13 +19,16 @@ class CompileOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     dtype: str | None = None
     kv_dtype: str | None = Field(default=None, description="KV-cache storage dtype (default: activation dtype)")
+    act_dtype: str | None = Field(default=None, description=(
+        "storage dtype of activations between kernels, which attention also computes in (default: 16-bit, "
+        "fp32 if dtype is fp32); e.g. 'int8' for TensorRT INT8 engines, which keep activations INT8"))
     op_dtypes: dict[str, str] = Field(default_factory=dict,
                                       description="per-op precision, e.g. {'dcn_cross': 'fp16'} (MLPerf DLRM 99.9%)")
     fuse: bool = True
     pin_weights_in_sram: bool = True
 
     def model_post_init(self, _: Any) -> None:
-        for f, v in [("dtype", self.dtype), ("kv_dtype", self.kv_dtype)] + [
+        for f, v in [("dtype", self.dtype), ("kv_dtype", self.kv_dtype), ("act_dtype", self.act_dtype)] + [
                 (f"op_dtypes.{k}", v) for k, v in self.op_dtypes.items()]:
             if v is not None and v not in DTYPES:
                 raise ValueError(f"{f}: unknown dtype '{v}'; choose one of {', '.join(DTYPES)}")

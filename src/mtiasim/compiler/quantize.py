@@ -3,7 +3,8 @@
 The requested dtype applies to the weights of matrix ops and to embedding tables (weight-only
 storage in that format) and to the matrix engine. If the chip's matrix engine lacks it, the
 compiler falls back along ``FALLBACK`` to the nearest format the chip runs, and says so.
-Activations between kernels are kept in 16-bit (fp32 if fp32 was asked for)."""
+Activations between kernels are kept in 16-bit (fp32 if fp32 was asked for) unless
+``CompileOptions.act_dtype`` says otherwise (TensorRT INT8 engines keep them INT8)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ FALLBACK: dict[str, list[str]] = {
 
 #: ops whose parameter inputs are stored in the requested (possibly low-precision) format
 QUANTIZED_PARAM_OPS = {"linear", "matmul", "dcn_cross", "moe_router", "moe_expert_ffn", "embedding",
-                       "embedding_bag", "tbe"}
+                       "embedding_bag", "tbe", "conv2d"}
 
 
 def compute_dtype(chip: ChipSpec, requested: str) -> str:
@@ -46,10 +47,11 @@ def activation_dtype(requested: str) -> str:
 
 
 def assign_dtypes(graph: Graph, requested: str, kv_inputs: set[str], kv_dtype: str | None,
-                  op_dtypes: dict[str, str] | None = None) -> Graph:
+                  op_dtypes: dict[str, str] | None = None, act_dtype: str | None = None) -> Graph:
     """A copy of ``graph`` whose tensor dtypes follow the precision policy. ``op_dtypes`` gives
-    some ops their own precision (their parameters are stored in it)."""
-    act = activation_dtype(requested)
+    some ops their own precision (their parameters are stored in it); ``act_dtype`` overrides the
+    activations' storage dtype."""
+    act = act_dtype or activation_dtype(requested)
     op_dtypes = op_dtypes or {}
     quantized: dict[str, str] = {}
     for node in graph.nodes:

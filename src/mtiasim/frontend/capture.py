@@ -145,7 +145,11 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
                                "dtypes": [s.dtype for s in out_specs], "call": call},
                               _source(n), packet))
             continue
-        op, targs, attrs = rule(n)
+        try:
+            op, targs, attrs = rule(n)
+        except NotImplementedError as e:
+            problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}: {e}")
+            continue
         ins = [names[t.name] for t in targs if t is not None]
         src = _source(n)
         if op == "moe_ffn":  # one fused kernel in PyTorch, two ops (routing, experts) in the IR
@@ -157,7 +161,7 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
             nodes.append(Node(f"{n.name}.router", "moe_router", [x, router], [g, e], dict(attrs), src, packet))
             nodes.append(Node(n.name, "moe_expert_ffn", [x, g, e, w1, w3, w2], out_names[:1], dict(attrs), src, packet))
             continue
-        n_out = 1 if op in ("embedding_bag", "layernorm") else len(out_names)
+        n_out = 1 if op in ("embedding_bag", "layernorm", "batchnorm", "pool2d") else len(out_names)
         attrs["call"] = call
         nodes.append(Node(n.name, op, ins, out_names[:n_out], attrs, src, packet))
 

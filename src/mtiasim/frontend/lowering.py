@@ -89,6 +89,52 @@ def _ln(n):
         "normalized_shape": list(n.args[1]), "eps": eps}
 
 
+@rule("aten.conv2d")
+def _conv2d(n):
+    attrs = {"stride": _arg(n, 3, "stride", 1), "padding": _arg(n, 4, "padding", 0),
+             "dilation": _arg(n, 5, "dilation", 1), "groups": int(_arg(n, 6, "groups", 1))}
+    return "conv2d", _tensors(n.args[0], n.args[1], _arg(n, 2, "bias")), attrs
+
+
+@rule("aten.convolution")
+def _convolution(n):
+    if _arg(n, 6, "transposed", False) or len(n.args[1].meta["val"].shape) != 4:
+        raise NotImplementedError("only non-transposed 2-D convolutions are lowered")
+    attrs = {"stride": n.args[3], "padding": n.args[4], "dilation": n.args[5], "groups": int(n.args[8])}
+    return "conv2d", _tensors(n.args[0], n.args[1], n.args[2]), attrs
+
+
+@rule("aten.batch_norm", "aten._native_batch_norm_legit_no_training")
+def _batch_norm(n):
+    # batch_norm(x, w, b, mean, var, training, momentum, eps, ...); _legit_no_training(x, w, b, mean, var, momentum, eps)
+    legit = "legit" in str(n.target)
+    if not legit and _arg(n, 5, "training", False):
+        raise NotImplementedError("training-mode batch norm is not simulated")
+    eps = _arg(n, 6 if legit else 7, "eps", 1e-5)
+    return "batchnorm", _tensors(n.args[0], n.args[1], n.args[2], n.args[3], n.args[4]), {"eps": eps}
+
+
+@rule("aten.max_pool2d", "aten.max_pool2d_with_indices")
+def _max_pool(n):
+    k = _arg(n, 1, "kernel_size")
+    return "pool2d", [n.args[0]], {"kind": "max", "kernel": k, "stride": _arg(n, 2, "stride") or k,
+                                   "padding": _arg(n, 3, "padding", 0), "dilation": _arg(n, 4, "dilation", 1),
+                                   "ceil_mode": bool(_arg(n, 5, "ceil_mode", False))}
+
+
+@rule("aten.avg_pool2d")
+def _avg_pool(n):
+    k = _arg(n, 1, "kernel_size")
+    return "pool2d", [n.args[0]], {"kind": "avg", "kernel": k, "stride": _arg(n, 2, "stride") or k,
+                                   "padding": _arg(n, 3, "padding", 0), "ceil_mode": bool(_arg(n, 4, "ceil_mode", False))}
+
+
+@rule("aten.adaptive_avg_pool2d", "aten._adaptive_avg_pool2d", "aten.adaptive_max_pool2d")
+def _adaptive_pool(n):
+    kind = "max" if "max" in str(n.target) else "avg"
+    return "pool2d", [n.args[0]], {"kind": kind, "output_size": list(n.args[1])}
+
+
 @rule("aten.softmax", "aten._softmax", "aten._safe_softmax")
 def _softmax(n):
     return "softmax", [n.args[0]], {"dim": n.args[1]}

@@ -176,12 +176,13 @@ def validation_tables(rep: Any) -> list[Table]:
 
 def ranking_table(rep: Any) -> Table:
     load = "offline (best batch throughput)" if rep.qps is None else f"{si(rep.qps)} queries/s (Poisson)"
+    unit = f"{rep.item_unit}s"
     rows = [("offered load", load),
-            ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} user-item pairs/s"),
-            ("embedding tables", "whole model on every chip" if rep.table_shards == 1 else
-             f"sharded table-wise over {rep.table_shards} chips (all-to-all of pooled embeddings)"),
-            ("batching", f"up to {rep.batch_pairs:,} pairs or {si(rep.batch_timeout_s, 's')} wait"
-             + (f"; mean batch {rep.mean_batch_pairs:,.0f} pairs" if rep.mean_batch_pairs else ""))]
+            ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} {unit}/s"),
+            ("model placement", "whole model on every chip" if rep.table_shards == 1 else
+             f"embedding tables sharded table-wise over {rep.table_shards} chips (all-to-all of pooled embeddings)"),
+            ("batching", f"up to {rep.batch_pairs:,} {unit} or {si(rep.batch_timeout_s, 's')} wait"
+             + (f"; mean batch {rep.mean_batch_pairs:,.0f} {unit}" if rep.mean_batch_pairs else ""))]
     if rep.qps is not None:
         rows.append(("query latency", f"p50 {si(rep.p50_latency_s, 's')}  p99 {si(rep.p99_latency_s, 's')}"))
     if rep.meets_slo is not None:

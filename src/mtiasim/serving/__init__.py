@@ -152,10 +152,12 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
 
 
 class RankingReport(BaseModel):
-    """Serving a ranking model: queries of user-item pairs, dynamically batched on each chip."""
+    """Serving a batched model: queries of items (DLRM: user-item pairs; BERT, ResNet-50: one
+    sample), dynamically batched on each chip. ``pairs`` fields count items."""
 
     model_config = ConfigDict(extra="forbid")
     model: str
+    item_unit: str = Field(default="user-item pair", description="what one batched item is")
     system: str
     dtype: str
     qps: float | None = Field(description="offered queries/s; None = Offline (best batch throughput)")
@@ -179,31 +181,34 @@ class RankingReport(BaseModel):
 def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | None, dtype: str | None = None,
                         batch_pairs: int = 65536, batch_timeout_s: float = 0.010, queries: int | None = None,
                         seed: int = 0, slo_p99_s: float | None = None) -> RankingReport:
-    """Poisson queries (pairs per query as in MLPerf DLRM-v2) over the system's chips, each holding
-    the whole model; ``qps`` None gives the Offline throughput (best batch up to ``batch_pairs``)."""
+    """Poisson queries over the system's chips, each holding the whole model (ranking, encoder and
+    vision models; a DLRM query aggregates user-item pairs as in MLPerf DLRM-v2, the others are one
+    sample each, and ``batch_pairs`` counts items); ``qps`` None gives the Offline throughput (best
+    batch up to ``batch_pairs``)."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.frontend import zoo
-    from mtiasim.serving.ranking import QueryMix, plan_ranking, serve_ranking
+    from mtiasim.serving.ranking import batch_workload, plan_ranking, serve_ranking
 
     t0 = time.perf_counter()
     entry = zoo.get(model)
-    if entry.family != "ranking":
-        raise ValueError(f"{model} is not a ranking model (family {entry.family}); LLMs use serve_llm")
+    if entry.family == "llm":
+        raise ValueError(f"{model} is an LLM; LLMs use serve_llm")
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dt = dtype or entry.default_dtype
     cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt))
     groups = sysspec.count // cost.shards
-    mix = QueryMix.mlperf()
+    mix, _, _ = batch_workload(entry.name)
+    unit = "user-item pair" if entry.family == "ranking" else "sample"
     if qps is None:
         pairs_s = cost.best_throughput_pairs_per_s(batch_pairs) * groups
-        rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=None, queries=0,
+        rep = RankingReport(model=entry.name, item_unit=unit, system=sysspec.name, dtype=dt, qps=None, queries=0,
                             samples_per_s=pairs_s / mix.mean, pairs_per_s=pairs_s, p50_latency_s=None,
                             p99_latency_s=None, mean_batch_pairs=None, batch_pairs=batch_pairs,
                             batch_timeout_s=batch_timeout_s, table_shards=cost.shards, wall_s=0.0)
     else:
         r = serve_ranking(cost, groups, qps, queries=queries, batch_pairs=batch_pairs,
                           timeout_s=batch_timeout_s, seed=seed, mix=mix)
-        rep = RankingReport(model=entry.name, system=sysspec.name, dtype=dt, qps=qps, queries=r.queries,
+        rep = RankingReport(model=entry.name, item_unit=unit, system=sysspec.name, dtype=dt, qps=qps, queries=r.queries,
                             samples_per_s=r.samples_per_s, pairs_per_s=r.samples_per_s * mix.mean,
                             p50_latency_s=r.p50_latency_s, p99_latency_s=r.p99_latency_s,
                             mean_batch_pairs=r.mean_batch_pairs, batch_pairs=batch_pairs,

@@ -41,10 +41,16 @@ def benchmark_info(benchmark: str) -> dict[str, Any]:
     return {"benchmark": base, **info}
 
 
-def deployment(benchmark: str, chip: str) -> dict[str, Any]:
+def deployment(benchmark: str, chip: str, high_accuracy: bool = False) -> dict[str, Any]:
+    """The submitters' deployment of ``benchmark`` (base name) on ``chip``: the ``default`` entry,
+    then the chip's; for a -99.9 variant, then ``high_accuracy``'s default and chip entries."""
     entries = _data("deployments.yaml").get(benchmark, {})
     d = dict(entries.get("default", {}))
     d.update(entries.get(chip, {}))
+    if high_accuracy:
+        high = entries.get("high_accuracy", {})
+        d.update(high.get("default", {}))
+        d.update(high.get(chip, {}))
     return d
 
 
@@ -73,44 +79,47 @@ def _slo(benchmark: str, scenario: str) -> SLO | dict:
 
 def predict(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
             qps: float | None = None) -> MLPerfPrediction:
-    """Any supported MLPerf benchmark (LLM or ranking)."""
-    if benchmark_info(benchmark)["model"] == "dlrm-v2":
-        return predict_ranking(benchmark, system, scenario, qps=qps)
-    return predict_llm(benchmark, system, scenario, qps=qps)
+    """Any supported MLPerf benchmark (LLM, or batched: ranking, BERT, ResNet-50)."""
+    from mtiasim.frontend import zoo
+
+    if zoo.get(benchmark_info(benchmark)["model"]).family == "llm":
+        return predict_llm(benchmark, system, scenario, qps=qps)
+    return predict_batched(benchmark, system, scenario, qps=qps)
 
 
-def predict_ranking(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
+def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
                     qps: float | None = None, queries: int | None = None, search_steps: int = 12) -> MLPerfPrediction:
-    """MLPerf DLRM-v2: Offline = best samples/s over batch sizes up to the submitters' batch;
-    Server = the largest query rate whose p99 latency meets the bound, with dynamic batching."""
+    """MLPerf dlrm-v2, bert, resnet50: Offline = best samples/s over batch sizes up to the
+    submitters' batch; Server = the largest query rate whose p99 latency meets the bound, with
+    dynamic batching (``server_batch`` items or ``batch_timeout_s``)."""
     from mtiasim.compiler import CompileOptions
-    from mtiasim.serving.ranking import QueryMix, plan_ranking, serve_ranking
+    from mtiasim.serving.ranking import batch_workload, plan_ranking, serve_ranking
 
     if scenario not in ("Offline", "Server"):
-        raise ValueError(f"dlrm-v2 has no {scenario} scenario")
+        raise ValueError(f"{benchmark} has no {scenario} scenario (Offline, Server)")
     info = benchmark_info(benchmark)
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
-    dep = deployment(info["benchmark"], sysspec.chip)
-    high = benchmark.endswith("99.9")
-    op_dtypes = _data("scenarios.yaml")["high_accuracy_op_dtypes"].get(info["benchmark"], {}) if high else {}
-    cost = plan_ranking(info["model"], sysspec, CompileOptions(dtype=dep.get("dtype"), op_dtypes=op_dtypes))
+    dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"))
+    options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
+                             op_dtypes=dep.get("op_dtypes") or {})
+    cost = plan_ranking(info["model"], sysspec, options)
     groups = sysspec.count // cost.shards
-    mix = QueryMix.mlperf()
+    mix, _, _ = batch_workload(info["model"])
     if scenario == "Offline":
-        pairs_s = cost.best_throughput_pairs_per_s(int(dep["offline_batch_pairs"])) * groups
+        items_s = cost.best_throughput_pairs_per_s(int(dep["offline_batch"])) * groups
         return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,
-                                tokens_per_s=0.0, samples_per_s=pairs_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
+                                tokens_per_s=0.0, samples_per_s=items_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
                                 p99_e2e_s=None, meets_bounds=None, deployment=dep)
     bound = _slo(info["benchmark"], "Server")["latency_p99_s"]
 
     def run(rate: float):
-        return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch_pairs"]),
+        return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch"]),
                              timeout_s=float(dep["batch_timeout_s"]), mix=mix)
 
     if qps is not None:
         res = run(qps)
     else:
-        cap = cost.best_throughput_pairs_per_s(int(dep["server_batch_pairs"])) * groups / mix.mean
+        cap = cost.best_throughput_pairs_per_s(int(dep["server_batch"])) * groups / mix.mean
         lo, hi, res = 0.0, cap, None  # a server cannot outrun its batch throughput
         for _ in range(search_steps):
             mid = (lo + hi) / 2
@@ -123,6 +132,9 @@ def predict_ranking(benchmark: str, system: str | SystemSpec, scenario: str = "O
     return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=res.qps,
                             tokens_per_s=0.0, samples_per_s=res.samples_per_s, p99_ttft_s=None, p99_tpot_s=None,
                             p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep)
+
+
+predict_ranking = predict_batched  # the name this had when dlrm-v2 was the only batched benchmark
 
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,

@@ -1,8 +1,8 @@
-"""Serving ranking models: aggregated queries, dynamic batching, data-parallel chips.
+"""Serving batched-inference models (ranking, encoders, vision): queries, dynamic batching, data-parallel chips.
 
 An MLPerf DLRM-v2 query aggregates 100-700 user-item pairs (about 270 on average; mlperf.md
-1.1). Each chip holds the whole model (NVIDIA ran embeddings 100% on GPU) and serves the queries
-routed to it round-robin. A chip's batcher starts a batch when the queued pairs reach the target
+1.1); a BERT or ResNet-50 query is one sample. Each chip holds the whole model (NVIDIA ran
+embeddings 100% on GPU) and serves the queries routed to it round-robin. A chip's batcher starts a batch when the queued pairs reach the target
 batch or the oldest query has waited the batching timeout; a batch of ``b`` pairs takes T(b),
 from the analytical engine on a grid of batch sizes (interpolated). A query completes with its
 batch.
@@ -27,7 +27,8 @@ from mtiasim.system.embedding import TableShards, shard_table_wise
 from mtiasim.system.plan import DoesNotFit
 from mtiasim.system.spec import SystemSpec
 
-BATCH_GRID = [2**i for i in range(7, 21)]  # 128 .. 1M pairs
+BATCH_GRID = [2**i for i in range(7, 21)]  # 128 .. 1M pairs (ranking items are user-item pairs)
+SAMPLE_GRID = [2**i for i in range(0, 14)]  # 1 .. 8192 samples (BERT sequences, ResNet images)
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,42 @@ class QueryMix:
         d = datasets()["criteo_aggregated"]["pairs"]
         return cls(float(d["mean"]), float(d["cv"]), int(d["min"]), int(d["max"]))
 
+    @classmethod
+    def single(cls) -> QueryMix:
+        """One item per query (MLPerf bert, resnet50: a LoadGen sample is one sequence or image)."""
+        return cls(1.0, 0.0, 1, 1)
+
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         sigma = math.sqrt(math.log(1 + self.cv**2))
         x = rng.lognormal(math.log(self.mean) - sigma**2 / 2, sigma, n)
         return np.clip(np.rint(x), self.low, self.high).astype(int)
 
 
+def batch_workload(model: str) -> tuple[QueryMix, int | None, list[int]]:
+    """(items per query, sequence length, batch grid) of a batched-inference zoo model, from its
+    MLPerf dataset in ``data/serving/datasets.yaml``: DLRM queries aggregate user-item pairs;
+    BERT samples have the dataset's mean sequence length; other samples are single items."""
+    from mtiasim.frontend import zoo
+
+    entry = zoo.get(model)
+    if entry.family == "ranking":
+        return QueryMix.mlperf(), None, BATCH_GRID
+    seq = datasets().get("squad_v1.1", {}).get("seq_len") if entry.family == "encoder" else None
+    return QueryMix.single(), int(round(float(seq["mean"]))) if seq else None, SAMPLE_GRID
+
+
 class RankingBatchCost:
     """Time of one batch on a group of ``shards`` chips. With one shard a chip holds the whole
     model. With more, tables are sharded table-wise (``system/embedding.py``): the busiest chip's
-    lookups, an all-to-all of pooled embeddings, then the dense part on B/shards samples."""
+    lookups, an all-to-all of pooled embeddings, then the dense part on B/shards samples.
+    ``grid`` is the batch sizes simulated (interpolated between); ``seq_len`` is passed to the
+    workload (encoders)."""
 
-    def __init__(self, model: str, system: SystemSpec, options: CompileOptions, shards: int = 1):
+    def __init__(self, model: str, system: SystemSpec, options: CompileOptions, shards: int = 1,
+                 grid: list[int] | None = None, seq_len: int | None = None):
         self.model, self.system, self.options, self.shards = model, system, options, shards
+        self.grid = list(grid or BATCH_GRID)
+        self.seq_len = seq_len
 
     def _tables(self, batch: int) -> tuple[list[int], list[int], int, str]:
         g, w = workload_graph(self.model, batch=batch)
@@ -69,37 +93,39 @@ class RankingBatchCost:
 
     @cached_property
     def layout(self) -> TableShards:
-        rows, pooling, dim, default = self._tables(BATCH_GRID[0])
+        rows, pooling, dim, default = self._tables(self.grid[0])
         return shard_table_wise(rows, pooling, dim * nbytes(self.options.dtype or default), self.shards)
 
     @cached_property
     def _grid(self) -> tuple[np.ndarray, np.ndarray]:
         chip = self.system.load_chip()
         s = self.shards
-        results = {b: simulate(self.model, chip=chip, batch=b, options=self.options)
-                   for b in sorted(set(BATCH_GRID) | {max(1, b // s) for b in BATCH_GRID})}
-        r = results[BATCH_GRID[0]]
-        tables = self.layout
-        table_bytes = sum(tables.bytes_per_chip)
-        per_chip = r.memory_required_bytes - table_bytes + tables.max_bytes
+        grid = self.grid
+        results = {b: simulate(self.model, chip=chip, batch=b, seq_len=self.seq_len, options=self.options)
+                   for b in sorted(set(grid) | {max(1, b // s) for b in grid})}
+        r = results[grid[0]]
+        per_chip = r.memory_required_bytes
+        if s > 1:
+            tables = self.layout
+            per_chip += tables.max_bytes - sum(tables.bytes_per_chip)
         if per_chip > r.memory_capacity_bytes:
             raise DoesNotFit(
                 f"{self.model} does not fit on {self.system.name} with tables sharded {s} ways: "
                 f"{per_chip / 1e9:.1f} GB per chip needed > {r.memory_capacity_bytes / 1e9:.1f} GB on {chip.name}")
-        _, _, dim, default = self._tables(BATCH_GRID[0])
-        act = nbytes(activation_dtype(self.options.dtype or default))  # pooled embeddings travel as activations
         times = []
-        for b in BATCH_GRID:
+        for b in grid:
             full = results[b]
             if s == 1:
                 times.append(full.latency_s)
                 continue
+            _, _, dim, default = self._tables(grid[0])
+            act = nbytes(activation_dtype(self.options.dtype or default))  # pooled embeddings travel as activations
             sparse = sum(o.time_s for o in full.ops if o.op == "tbe") * tables.lookup_share()
             part = results[max(1, b // s)]
             dense = part.latency_s - sum(o.time_s for o in part.ops if o.op == "tbe")
             a2a = alltoall_s(chip, b * tables.tables_on_busiest() * dim * act, s)
             times.append(sparse + a2a + dense)
-        return np.array(BATCH_GRID, float), np.maximum.accumulate(np.array(times))
+        return np.array(grid, float), np.maximum.accumulate(np.array(times))
 
     def batch_s(self, pairs: int) -> float:
         x, y = self._grid
@@ -116,10 +142,11 @@ class RankingBatchCost:
 def plan_ranking(model: str, system: SystemSpec, options: CompileOptions) -> RankingBatchCost:
     """The fewest table shards (a divisor of the chip count) with which every chip fits."""
     last: DoesNotFit | None = None
+    _, seq_len, grid = batch_workload(model)
     for s in [d for d in range(1, system.count + 1) if system.count % d == 0]:
-        cost = RankingBatchCost(model, system, options, shards=s)
+        cost = RankingBatchCost(model, system, options, shards=s, grid=grid, seq_len=seq_len)
         try:
-            cost.batch_s(BATCH_GRID[0])
+            cost.batch_s(grid[0])
             return cost
         except DoesNotFit as e:
             last = e
@@ -143,8 +170,8 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
                   duration_s: float = 1.0) -> RankingServingResult:
     """Poisson queries at ``qps`` over ``groups`` chip groups (data-parallel replicas, each
     ``cost.shards`` chips) with dynamic batching, for ``duration_s`` of arrivals (at least 20,000
-    queries) unless ``queries`` is given."""
-    queries = queries or max(20_000, int(qps * duration_s))
+    queries, at most 10,000 per group beyond that) unless ``queries`` is given."""
+    queries = queries or max(20_000, min(int(qps * duration_s), 10_000 * groups))
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, queries))
     pairs = (mix or QueryMix.mlperf()).draw(queries, rng)

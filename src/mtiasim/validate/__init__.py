@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
+from mtiasim.frontend import zoo
 from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, predict
 from mtiasim.serving.traffic import datasets
 
@@ -131,9 +132,10 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
         return None, f"n_accel '{row['n_accel']}' is not a number"
     system = f"{chip}:{n}"
     kind, field = METRICS[metric]
-    # LLM accuracy variants (-99 / -99.9) run the same model and deployment: predict once.
-    # DLRM-v2 99.9% differs (FP16 interaction), so it keeps its own name.
-    key = row["benchmark"] if info["model"] == "dlrm-v2" else info["benchmark"]
+    # LLM accuracy variants (-99 / -99.9) run the same model and deployment: predict once. The
+    # batched benchmarks' 99.9% deployments differ (DLRM: FP16 interaction; BERT: FP16/FP8), so
+    # they keep their own name.
+    key = info["benchmark"] if zoo.get(info["model"]).family == "llm" else row["benchmark"]
     try:
         if kind == "latency":
             if scenario == "Offline":
@@ -170,6 +172,12 @@ def validate(path: str | Path | None = None) -> ValidationReport:
     predictor = _Predictor()
     results: list[RowResult] = []
     for i, row in enumerate(rows):
+        extra = row.pop(None, None)  # csv.DictReader keeps surplus fields under the key None
+        if extra is not None:
+            results.append(RowResult(**{k: v for k, v in row.items() if v is not None}, prediction=None, ape_pct=None,
+                                     reason=f"row {i + 2}: {len(extra)} more field(s) than the header "
+                                            "(an unquoted comma?)"))
+            continue
         try:
             measured = float(row["value"])
         except ValueError:

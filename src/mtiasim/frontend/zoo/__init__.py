@@ -7,7 +7,8 @@ table cost no memory.
 
 Entries (``names()``): ``dlrm-v2`` (MLPerf DLRM-DCNv2), ``ranking-lc`` / ``ranking-hc`` (public
 stand-ins for MTIA 2i's unpublished LC/HC production models; ``"ranking-hc:940"`` selects
-``mflops_per_sample=940``), Llama2 7B/13B/70B, Llama3.1 8B/70B/405B, Mixtral-8x7B and GPT-J 6B.
+``mflops_per_sample=940``), Llama2 7B/13B/70B, Llama3.1 8B/70B/405B, Mixtral-8x7B, GPT-J 6B,
+``bert-large`` (MLPerf bert) and ``resnet50`` (MLPerf resnet50).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Workload:
     item_unit: str  # "sample" or "token"
     default_dtype: str  # e.g. "int8" (dlrm-v2), "fp8" (llama2-70b), "bf16", "fp16"
     cache_key: str  # deterministic string of everything that defines the graph
+    #: activation storage dtype that goes with ``default_dtype`` (None: the compiler's 16-bit policy)
+    default_act_dtype: str | None = None
 
 
 class UnknownModelError(ValueError, KeyError):
@@ -46,7 +49,7 @@ class ZooModel(ABC):
     """One registered zoo entry. Subclasses set the attributes below in ``__init__``."""
 
     name: str
-    family: str  # "ranking" | "llm"
+    family: str  # "ranking" | "llm" | "encoder" | "vision"
     description: str
     source: str  # where the config comes from
     default_batch: int
@@ -111,6 +114,6 @@ def get(name: str) -> ZooModel:
 
 
 # Registration of the concrete families (imported last: they import the names above).
-from . import dlrm, llm, ranking  # noqa: E402, F401
+from . import bert, dlrm, llm, ranking, resnet  # noqa: E402, F401
 
 __all__ = ["UnknownModelError", "Workload", "ZooModel", "get", "names", "register"]
