@@ -42,6 +42,23 @@ def test_single_request_timeline_by_hand():
     assert cost.shapes[2].decode_contexts_sum == 101  # prompt + first generated token
 
 
+def test_beam_search_decodes_every_beam_and_holds_their_kv():
+    # 4 beams (MLPerf GPT-J): after the shared 100-token prefill, each decode step carries 4 sequences
+    # that read the shared prompt once and their own generated tokens: 100 + 4 x generated.
+    cost = ConstantStep(0.01)
+    recs, stats, _ = run_replica([Request(0, 0.0, 100, 3)], cost, 10_000,
+                                 SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=128, beams=4))
+    assert [s.decode_count for s in cost.shapes] == [0, 4, 4]
+    assert [s.decode_contexts_sum for s in cost.shapes[1:]] == [100 + 4 * 1, 100 + 4 * 2]
+    assert stats.steps == 3 and recs[0].e2e_s == pytest.approx(0.03)
+    # KV: 112 prompt tokens hold 7 blocks of 16; each beam needs its own block for generated tokens.
+    # 7 + 4 = 11 blocks fit in 176 tokens but not in 160: the request is preempted until it fits.
+    ok, _, _ = run_replica([Request(0, 0.0, 111, 3)], ConstantStep(), 176, SchedulerConfig(beams=4, block_tokens=16))
+    assert ok[0].finish_s is not None and ok[0].preemptions == 0
+    tight, _, _ = run_replica([Request(0, 0.0, 111, 3)], ConstantStep(), 160, SchedulerConfig(beams=4, block_tokens=16))
+    assert tight[0].finish_s is None or tight[0].preemptions > 0
+
+
 def test_requests_share_steps():
     cost = ConstantStep(0.01)
     reqs = [Request(0, 0.0, 10, 5), Request(1, 0.0, 10, 5)]
@@ -112,6 +129,31 @@ def test_step_cost_physics():
     assert c.step_s(StepShape((), 64 * 4096, 64)) > c.step_s(StepShape((), 64 * 128, 64))
     # a later chunk of a prompt attends to more keys
     assert c.step_s(StepShape(((512, 3072),), 0, 0)) > c.step_s(StepShape(((512, 0),), 0, 0))
+
+
+def test_expert_parallelism_splits_experts_and_pays_all_to_alls():
+    from mtiasim.frontend import zoo
+    from mtiasim.system.collectives import alltoall_s
+
+    one = step_cost("mixtral-8x7b", H100x8, 1, "fp8")
+    four = step_cost("mixtral-8x7b", H100x8, 1, "fp8", ep=4)
+    cfg = zoo.get("mixtral-8x7b").config()
+    experts = cfg["n_layers"] * 8 * 3 * cfg["hidden"] * cfg["ffn"]  # 45.1B of Mixtral's 46.7B parameters
+    total = zoo.get("mixtral-8x7b").param_count()
+    assert four.weight_bytes_per_chip == pytest.approx(total - experts + experts / 4)  # fp8: 1 byte each
+    assert four.kv_bytes_per_token_per_chip == pytest.approx(one.kv_bytes_per_token_per_chip / 4)
+    # 4 chips decode 4x the sequences of one chip: each chip's share is the same 256 sequences, plus two
+    # all-to-alls per layer of each chip's routed activations (256 tokens x top-2 x 4096 x 2 bytes)
+    step1, step4 = StepShape((), 256 * 1024, 256), StepShape((), 4 * 256 * 1024, 4 * 256)
+    a2a = cfg["n_layers"] * 2 * alltoall_s(load_chip("h100-sxm-80gb"), 256 * 2 * 4096 * 2, 4)
+    assert four.step_s(step4) >= a2a > 0
+    assert four.step_s(step4) < 4 * one.step_s(step1)  # 4x the tokens in far less than 4x the time
+    with pytest.raises(ValueError, match="valid: \\[1, 2, 4\\]"):
+        step_cost("mixtral-8x7b", H100x8, 1, "fp8", ep=8)  # 1 expert per chip < top-2
+    with pytest.raises(ValueError, match="no experts"):
+        serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=None, requests=4, ep=2)
+    rep = serve_llm("mixtral-8x7b", "h100-sxm-80gb:8", qps=None, requests=64, ep=4, dtype="fp8")
+    assert (rep.ep, rep.dp, rep.completed) == (4, 2, 64) and "EP=4" in rep.plan
 
 
 def test_tensor_parallel_shard_is_faster_but_pays_for_all_reduces():
@@ -282,6 +324,37 @@ def test_table_wise_sharding_by_hand():
     assert s.lookups_per_chip == (5, 5) and s.lookup_share() == 0.5
     one = shard_table_wise([10, 8], [1, 1], row_bytes=2.0, shards=1)
     assert one.bytes_per_chip == (36.0,) and one.lookup_share() == 1.0
+
+
+def test_row_wise_sharding_by_hand():
+    from mtiasim.system.collectives import reduce_scatter_s
+    from mtiasim.system.embedding import shard_row_wise
+
+    # rows [10, 3] over 2 chips: table 0 -> 5 + 5 rows, table 1 -> 2 + 1; 64-byte rows
+    r = shard_row_wise([10, 3], [4, 2], 64.0, 2)
+    assert r.bytes_per_chip == (7 * 64.0, 6 * 64.0) and r.lookups_per_chip == (3.0, 3.0)
+    assert r.lookup_share() == 0.5 and r.exchanged_tables() == 2 and r.scheme == "row"
+    # a reduce-scatter moves (n-1)/n of the partial sums over each link: half an all-reduce's bytes
+    chip = load_chip("h100-sxm-80gb")
+    assert reduce_scatter_s(chip, 1e6, 4) == pytest.approx(0.75 * 1e6 / (450e9 * 0.78) + 3 * 5e-6)
+
+
+def test_table_too_large_for_one_chip_is_sharded_row_wise():
+    from mtiasim.compiler import CompileOptions
+    from mtiasim.serving.ranking import RankingBatchCost, plan_ranking
+
+    # dlrm-v2 in INT8 is 26.1 GB of tables, five of them 40M rows x 128 B = 5.1 GB. On chips of 8 GB,
+    # table-wise placement puts two big tables on one chip at 4 shards (10.2 GB) and fails, so the
+    # plan splits every table's rows over 4 chips (6.5 GB each)
+    small = SystemSpec(chip="h100-sxm-80gb", count=4, chip_overrides={"dram.capacity_bytes": 8e9})
+    cost = plan_ranking("dlrm-v2", small, CompileOptions(dtype="int8"))
+    assert (cost.shards, cost.scheme) == (4, "row")
+    assert max(cost.layout.bytes_per_chip) == pytest.approx(26.1e9 / 4, rel=0.01)
+    table = RankingBatchCost("dlrm-v2", small, CompileOptions(dtype="int8"), shards=4, scheme="table")
+    with pytest.raises(DoesNotFit, match="table-wise 4 ways"):
+        table.batch_s(1024)
+    # the row-wise exchange carries partial sums of all 26 tables, table-wise only the busiest chip's
+    assert cost.layout.exchanged_tables() == 26 > table.layout.exchanged_tables()
 
 
 def test_sharded_batch_pays_an_all_to_all():

@@ -198,6 +198,10 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           output_tokens: int | None = typer.Option(None, "--output-len", min=1, help="Fixed output length."),
           tp: int | None = typer.Option(None, "--tp", min=1, help="Tensor-parallel degree (default: smallest that fits)."),
           pp: int | None = typer.Option(None, "--pp", min=1, help="Pipeline stages per replica (default: planned)."),
+          ep: int = typer.Option(1, "--ep", min=1, help="MoE: chips per replica that split the experts "
+                                 "(expert parallelism, data-parallel attention)."),
+          kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache precision (default: activations')."),
+          beams: int = typer.Option(1, "--beams", min=1, help="Beam-search width (MLPerf GPT-J: 4)."),
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
@@ -223,13 +227,13 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     try:
         sched = SchedulerConfig(max_num_seqs=max_num_seqs or int(cal["max_num_seqs"].value),
                                 max_num_batched_tokens=max_tokens or int(cal["max_num_batched_tokens"].value),
-                                block_tokens=int(cal["kv_block_tokens"].value))
+                                block_tokens=int(cal["kv_block_tokens"].value), beams=beams)
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
         from mtiasim.serving.traffic import load_trace
 
         rep = serve_llm(model, system, qps=qps, requests=requests, seed=seed, prompt_tokens=prompt_tokens,
                         output_tokens=output_tokens, scheduler=sched, tp=tp, pp=pp, dtype=dtype,
-                        slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
+                        kv_dtype=kv_dtype, ep=ep, slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
                         request_list=load_trace(trace) if trace else None)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)

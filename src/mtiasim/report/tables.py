@@ -180,7 +180,8 @@ def ranking_table(rep: Any) -> Table:
     rows = [("offered load", load),
             ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} {unit}/s"),
             ("model placement", "whole model on every chip" if rep.table_shards == 1 else
-             f"embedding tables sharded table-wise over {rep.table_shards} chips (all-to-all of pooled embeddings)"),
+             f"embedding tables sharded {rep.table_sharding}-wise over {rep.table_shards} chips ("
+             + ("reduce-scatter of partial sums)" if rep.table_sharding == "row" else "all-to-all of pooled embeddings)")),
             ("batching", f"up to {rep.batch_pairs:,} {unit} or {si(rep.batch_timeout_s, 's')} wait"
              + (f"; mean batch {rep.mean_batch_pairs:,.0f} {unit}" if rep.mean_batch_pairs else ""))]
     if rep.qps is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtiasim.serving.cost import LLMStepCost
+from mtiasim.serving.cost import LLMStepCost, check_expert_parallel
 from mtiasim.serving.llm import RequestRecord, SchedulerConfig, route_round_robin, run_replica
 from mtiasim.serving.traffic import DATASET_OF, Request, generate
 from mtiasim.system.plan import plan_llm, serving_calibration
@@ -23,12 +23,12 @@ _COSTS: dict[tuple, LLMStepCost] = {}
 
 
 def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dtype: str | None = None,
-              pp: int = 1) -> LLMStepCost:
-    """Step-cost model of a tp-way, pp-stage shard, memoised per process (grids built lazily;
-    the dense and attention grids do not depend on pp, so they are shared across pp)."""
-    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype, pp)
+              pp: int = 1, ep: int = 1) -> LLMStepCost:
+    """Step-cost model of a tp-way, pp-stage (ep-way expert-parallel) shard, memoised per process
+    (grids built lazily; the dense and attention grids do not depend on pp, so they are shared)."""
+    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype, ep, pp)
     if key not in _COSTS:
-        cost = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype, pp)
+        cost = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype, pp, ep)
         base = _COSTS.get(key[:-1] + (1,))
         if base is not None:  # reuse the grids of the pp=1 model
             for attr in ("_dense", "_decode_attention", "_prefill_attention"):
@@ -68,6 +68,7 @@ class ServingReport(BaseModel):
     tp: int
     pp: int
     dp: int
+    ep: int = Field(default=1, description="expert-parallel chips per replica (MoE)")
     dtype: str
     kv_dtype: str
     qps: float | None = Field(description="offered load; None = all requests at t=0 (Offline)")
@@ -97,7 +98,9 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
               scheduler: SchedulerConfig | None = None, tp: int | None = None, pp: int | None = None,
               dtype: str | None = None,
               slo: SLO | None = None, request_list: list[Request] | None = None,
-              kv_dtype: str | None = None) -> ServingReport:
+              kv_dtype: str | None = None, ep: int = 1) -> ServingReport:
+    """Serve ``model`` on ``system``: plan the layout (tp x pp [x ep] per replica, the rest data
+    parallel), generate or take the requests, run continuous batching on every replica."""
     t0 = time.perf_counter()
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     chip = sysspec.load_chip()
@@ -105,9 +108,10 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     sched = scheduler or SchedulerConfig(max_num_seqs=int(cal["max_num_seqs"].value),
                                          max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
                                          block_tokens=int(cal["kv_block_tokens"].value))
-    plan = plan_llm(lambda t, p: step_cost(model, sysspec, t, dtype, kv_dtype, p), chip, sysspec.count, tp=tp, pp=pp,
-                    model=model)
-    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp)
+    check_expert_parallel(model, ep)
+    plan = plan_llm(lambda t, p: step_cost(model, sysspec, t, dtype, kv_dtype, p, ep), chip, sysspec.count, tp=tp,
+                    pp=pp, model=model, ep=ep)
+    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp, ep)
     reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)
     records: list[RequestRecord] = []
@@ -129,7 +133,8 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     ttft = [r.ttft_s for r in done if r.ttft_s is not None]
     tpot = [r.tpot_s for r in done if r.tpot_s is not None]
     rep = ServingReport(
-        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, pp=plan.pp, dp=plan.dp, dtype=cost.dtype,
+        model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, pp=plan.pp, dp=plan.dp, ep=plan.ep,
+        dtype=cost.dtype,
         kv_dtype=cost.kv_dtype, qps=qps,
         requests=len(records), completed=len(done), rejected=sum(r.rejected is not None for r in records),
         duration_s=duration, output_tokens_per_s=sum(r.request.output_tokens for r in done) / duration,
@@ -169,7 +174,8 @@ class RankingReport(BaseModel):
     mean_batch_pairs: float | None
     batch_pairs: int
     batch_timeout_s: float
-    table_shards: int = Field(description="chips the embedding tables are sharded over (table-wise)")
+    table_shards: int = Field(description="chips the embedding tables are sharded over")
+    table_sharding: str = Field(default="table", description="'table' (whole tables per chip) or 'row' (rows split)")
     slo_p99_s: float | None = None
     meets_slo: bool | None = None
     wall_s: float
@@ -204,7 +210,8 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
         rep = RankingReport(model=entry.name, item_unit=unit, system=sysspec.name, dtype=dt, qps=None, queries=0,
                             samples_per_s=pairs_s / mix.mean, pairs_per_s=pairs_s, p50_latency_s=None,
                             p99_latency_s=None, mean_batch_pairs=None, batch_pairs=batch_pairs,
-                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards, wall_s=0.0)
+                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards,
+                            table_sharding=cost.scheme, wall_s=0.0)
     else:
         r = serve_ranking(cost, groups, qps, queries=queries, batch_pairs=batch_pairs,
                           timeout_s=batch_timeout_s, seed=seed, mix=mix)
@@ -212,7 +219,8 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
                             samples_per_s=r.samples_per_s, pairs_per_s=r.samples_per_s * mix.mean,
                             p50_latency_s=r.p50_latency_s, p99_latency_s=r.p99_latency_s,
                             mean_batch_pairs=r.mean_batch_pairs, batch_pairs=batch_pairs,
-                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards, slo_p99_s=slo_p99_s,
+                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards,
+                            table_sharding=cost.scheme, slo_p99_s=slo_p99_s,
                             meets_slo=None if slo_p99_s is None else r.p99_latency_s <= slo_p99_s, wall_s=0.0)
     rep.wall_s = time.perf_counter() - t0
     return rep

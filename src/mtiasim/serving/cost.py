@@ -32,7 +32,7 @@ from mtiasim.compiler.quantize import activation_dtype
 from mtiasim.frontend import zoo
 from mtiasim.graph import Graph, Node, TensorSpec
 from mtiasim.graph.dtypes import nbytes
-from mtiasim.system.collectives import allreduce_s, p2p_s
+from mtiasim.system.collectives import allreduce_s, alltoall_s, p2p_s
 
 TOKEN_GRID = [2**i for i in range(0, 15)]  # 1 .. 16384 tokens per step
 CONTEXT_GRID = [2**i for i in range(4, 24)]  # 16 .. 8M cached tokens per decode step
@@ -52,13 +52,27 @@ class StepShape:
         return sum(q for q, _ in self.prefill) + self.decode_count
 
 
+def check_expert_parallel(model: str, ep: int) -> None:
+    """Raise ValueError unless ``model`` is an MoE whose experts split into ``ep`` groups of at
+    least top_k experts each."""
+    if ep == 1:
+        return
+    c = zoo.get(model).config()
+    e, k = c.get("n_experts", 0), c.get("top_k", 0)
+    if not e:
+        raise ValueError(f"{model} has no experts: expert parallelism (ep={ep}) applies to MoE models only")
+    if ep < 1 or e % ep or k > e // ep:
+        raise ValueError(f"{model}: expert parallelism ep={ep} must split its {e} experts into equal groups of at "
+                         f"least top_k={k} experts (valid: {[d for d in range(1, e + 1) if e % d == 0 and e // d >= k]})")
+
+
 class LLMStepCost:
     def __init__(self, model: str, chip: ChipSpec, tp: int = 1, dtype: str | None = None,
-                 kv_dtype: str | None = None, pp: int = 1):
+                 kv_dtype: str | None = None, pp: int = 1, ep: int = 1):
         entry = zoo.get(model)
         if entry.family != "llm":
             raise ValueError(f"{model} is not an LLM (family {entry.family})")
-        self.model, self.chip, self.tp, self.pp = model, chip, tp, pp
+        self.model, self.chip, self.tp, self.pp, self.ep = model, chip, tp, pp, ep
         self.cfg = entry.config()
         self.dtype = dtype or entry.default_dtype
         self.act_dtype = activation_dtype(self.dtype)
@@ -73,16 +87,24 @@ class LLMStepCost:
         self.layers = c["n_layers"]
         if pp < 1 or self.layers % pp:
             raise ValueError(f"{model}: pipeline parallelism {pp} does not divide {self.layers} layers")
+        if ep > 1:
+            check_expert_parallel(model, ep)
+            self.shard["n_experts"] = c["n_experts"] // ep  # a chip's experts; its routed load is unchanged (step_s)
 
     # ---- memory ---------------------------------------------------------------------------
     @cached_property
     def weight_bytes_per_chip(self) -> float:
-        return zoo.get(self.model).param_count() * nbytes(self.dtype) / (self.tp * self.pp)
+        """A chip holds 1/(tp*pp) of the weights, and of the experts only its 1/ep share."""
+        c = self.cfg
+        experts = self.layers * c.get("n_experts", 0) * 3 * c["hidden"] * c["ffn"]
+        params = zoo.get(self.model).param_count() - experts + experts / self.ep
+        return params * nbytes(self.dtype) / (self.tp * self.pp)
 
     @property
     def kv_bytes_per_token_per_chip(self) -> float:
-        """Each pipeline stage keeps the KV of its own layers."""
-        return 2 * (self.layers // self.pp) * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype)
+        """Each pipeline stage keeps the KV of its own layers; with expert parallelism a token's KV
+        lives on the one chip of the ep group that runs its attention (amortised over the group)."""
+        return 2 * (self.layers // self.pp) * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype) / self.ep
 
     # ---- grids -----------------------------------------------------------------------------
     def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
@@ -136,21 +158,28 @@ class LLMStepCost:
         return float(_interp(tokens, x, layer)), float(_interp(tokens, x, base))
 
     def step_s(self, step: StepShape) -> float:
-        n = step.tokens
+        """Time of one step. With expert parallelism the step's sequences are spread evenly over the
+        ep chips (data-parallel attention, as DeepSeek-V3 and vLLM's DP+EP serve MoEs); each chip
+        holds E/ep experts and, with uniform routing, receives as many token-expert slots as its own
+        tokens produce, so its MoE work is that of a graph with E/ep experts over its own tokens.
+        Each MoE layer adds two all-to-alls (dispatch, combine) of the routed token activations."""
+        n = math.ceil(step.tokens / self.ep)
         if n == 0:
             return 0.0
         layer, base = self.dense_s(n)
         attn = 0.0
         if step.decode_count:
             x, y = self._decode_attention
-            attn += float(_interp(step.decode_contexts_sum, x, y))
+            attn += float(_interp(step.decode_contexts_sum / self.ep, x, y))
         if step.prefill:
             x, y = self._prefill_attention
             for q, before in step.prefill:
                 pairs = q * before + q * (q + 1) / 2
-                attn += float(_interp(pairs, x, y))
+                attn += float(_interp(pairs, x, y)) / self.ep
         act_bytes = n * self.cfg["hidden"] * nbytes(self.act_dtype)
         comm = 2 * allreduce_s(self.chip, act_bytes, self.tp)
+        if self.ep > 1:
+            comm += 2 * alltoall_s(self.chip, act_bytes * self.cfg["top_k"], self.ep)
         # a token's step crosses pp-1 stage boundaries (point-to-point sends of its activations)
         hops = (self.pp - 1) * p2p_s(self.chip, act_bytes)
         return base + self.layers * (layer + attn + comm) + hops

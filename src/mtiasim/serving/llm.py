@@ -6,6 +6,11 @@ chunks up to the step's token budget (chunked prefill), take the step's time fro
 model, advance the clock. A decoding sequence that needs a new KV block when none is free
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
 preemption). Requests are routed to replicas round-robin.
+
+Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
+the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
+(paged KV cache) and read once per step, each beam holds and reads its own generated tokens. ``max_num_seqs`` counts
+requests, as TensorRT-LLM's max batch size does with a beam width.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 4096
     block_tokens: int = 16
     chunked_prefill: bool = True
+    beams: int = 1  # beam width of beam-search decoding
 
     def __post_init__(self) -> None:
-        for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens"):
+        for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens", "beams"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
 
@@ -118,12 +124,13 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             free -= need
             s.blocks, s.active = need, True
             running.append(s)  # running stays in admission order
-        # decoding sequences need a block for the token they are about to write
+        # decoding sequences need a block for the token they are about to write (every beam)
         decode = [s for s in running if s.done >= s.prefill_target]
         for s in decode:
             if not s.active:
                 continue
-            need = _blocks(s.context + 1, cfg.block_tokens) - s.blocks
+            need = (_blocks(s.context + 1, cfg.block_tokens)
+                    + (cfg.beams - 1) * _blocks(s.generated + 1, cfg.block_tokens) - s.blocks)
             while need > free and s.active:
                 victim = running.pop()  # the most recently admitted sequence
                 release(victim)
@@ -154,7 +161,11 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             for s in list(waiting):  # cannot ever be served
                 s.rec.rejected = s.rec.rejected or "KV cache too small for this request"
             break
-        shape = StepShape(tuple((t, s.done) for s, t in chunks), sum(s.context for s in decode), len(decode))
+        # KV read per decode step: the beams of a request share their prompt's blocks, which are
+        # read once per step (the beams' reads of the same blocks coincide in the cache), and
+        # each beam reads its own generated tokens
+        kv_read = sum(s.context + (cfg.beams - 1) * s.generated for s in decode)
+        shape = StepShape(tuple((t, s.done) for s, t in chunks), kv_read, cfg.beams * len(decode))
         dt = cost.step_s(shape)
         now += dt
         stats.steps += 1

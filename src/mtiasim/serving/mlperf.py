@@ -149,10 +149,11 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dep = deployment(info["benchmark"], sysspec.chip)
     cal = serving_calibration()
-    sched = SchedulerConfig(max_num_seqs=int(dep.get("max_num_seqs", cal["max_num_seqs"].value)),
+    seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
+    sched = SchedulerConfig(max_num_seqs=int(seqs or dep.get("max_num_seqs", cal["max_num_seqs"].value)),
                             max_num_batched_tokens=int(dep.get("max_num_batched_tokens",
                                                                cal["max_num_batched_tokens"].value)),
-                            block_tokens=int(cal["kv_block_tokens"].value))
+                            block_tokens=int(cal["kv_block_tokens"].value), beams=int(info.get("beams", 1)))
     n_offline = requests or int(info["samples"])
     n_server = requests or min(3000, int(info["samples"]))
     kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), pp=dep.get("pp"),

@@ -22,8 +22,8 @@ from mtiasim.compiler import CompileOptions
 from mtiasim.compiler.quantize import activation_dtype
 from mtiasim.graph.dtypes import nbytes
 from mtiasim.serving.traffic import datasets
-from mtiasim.system.collectives import alltoall_s
-from mtiasim.system.embedding import TableShards, shard_table_wise
+from mtiasim.system.collectives import alltoall_s, reduce_scatter_s
+from mtiasim.system.embedding import TableShards, shard_row_wise, shard_table_wise
 from mtiasim.system.plan import DoesNotFit
 from mtiasim.system.spec import SystemSpec
 
@@ -78,8 +78,10 @@ class RankingBatchCost:
     workload (encoders)."""
 
     def __init__(self, model: str, system: SystemSpec, options: CompileOptions, shards: int = 1,
-                 grid: list[int] | None = None, seq_len: int | None = None):
-        self.model, self.system, self.options, self.shards = model, system, options, shards
+                 grid: list[int] | None = None, seq_len: int | None = None, scheme: str = "table"):
+        if scheme not in ("table", "row"):
+            raise ValueError(f"embedding sharding scheme must be 'table' or 'row', got '{scheme}'")
+        self.model, self.system, self.options, self.shards, self.scheme = model, system, options, shards, scheme
         self.grid = list(grid or BATCH_GRID)
         self.seq_len = seq_len
 
@@ -94,7 +96,8 @@ class RankingBatchCost:
     @cached_property
     def layout(self) -> TableShards:
         rows, pooling, dim, default = self._tables(self.grid[0])
-        return shard_table_wise(rows, pooling, dim * nbytes(self.options.dtype or default), self.shards)
+        shard = shard_row_wise if self.scheme == "row" else shard_table_wise
+        return shard(rows, pooling, dim * nbytes(self.options.dtype or default), self.shards)
 
     @cached_property
     def _grid(self) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +113,7 @@ class RankingBatchCost:
             per_chip += tables.max_bytes - sum(tables.bytes_per_chip)
         if per_chip > r.memory_capacity_bytes:
             raise DoesNotFit(
-                f"{self.model} does not fit on {self.system.name} with tables sharded {s} ways: "
+                f"{self.model} does not fit on {self.system.name} with tables sharded {self.scheme}-wise {s} ways: "
                 f"{per_chip / 1e9:.1f} GB per chip needed > {r.memory_capacity_bytes / 1e9:.1f} GB on {chip.name}")
         times = []
         for b in grid:
@@ -123,8 +126,9 @@ class RankingBatchCost:
             sparse = sum(o.time_s for o in full.ops if o.op == "tbe") * tables.lookup_share()
             part = results[max(1, b // s)]
             dense = part.latency_s - sum(o.time_s for o in part.ops if o.op == "tbe")
-            a2a = alltoall_s(chip, b * tables.tables_on_busiest() * dim * act, s)
-            times.append(sparse + a2a + dense)
+            exchange = reduce_scatter_s if tables.scheme == "row" else alltoall_s
+            comm = exchange(chip, b * tables.exchanged_tables() * dim * act, s)
+            times.append(sparse + comm + dense)
         return np.array(grid, float), np.maximum.accumulate(np.array(times))
 
     def batch_s(self, pairs: int) -> float:
@@ -140,16 +144,18 @@ class RankingBatchCost:
 
 
 def plan_ranking(model: str, system: SystemSpec, options: CompileOptions) -> RankingBatchCost:
-    """The fewest table shards (a divisor of the chip count) with which every chip fits."""
+    """The fewest embedding shards (a divisor of the chip count) with which every chip fits:
+    table-wise first (less traffic), row-wise when a table is too large for table-wise."""
     last: DoesNotFit | None = None
     _, seq_len, grid = batch_workload(model)
     for s in [d for d in range(1, system.count + 1) if system.count % d == 0]:
-        cost = RankingBatchCost(model, system, options, shards=s, grid=grid, seq_len=seq_len)
-        try:
-            cost.batch_s(grid[0])
-            return cost
-        except DoesNotFit as e:
-            last = e
+        for scheme in ("table", "row") if s > 1 else ("table",):
+            cost = RankingBatchCost(model, system, options, shards=s, grid=grid, seq_len=seq_len, scheme=scheme)
+            try:
+                cost.batch_s(grid[0])
+                return cost
+            except DoesNotFit as e:
+                last = e
     assert last is not None
     raise last
 

@@ -47,6 +47,15 @@ def alltoall_s(chip: ChipSpec, nbytes: float, n: int) -> float:
     return (n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value
 
 
+def reduce_scatter_s(chip: ChipSpec, nbytes: float, n: int) -> float:
+    """Ring reduce-scatter of ``nbytes`` per chip: (n-1)/n of it crosses each link (half an all-reduce)."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    c = _cal()
+    bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
+    return (n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value
+
+
 def p2p_s(chip: ChipSpec, nbytes: float) -> float:
     """One point-to-point send between neighbouring chips (a pipeline stage boundary)."""
     if nbytes <= 0:

@@ -24,7 +24,8 @@ class DoesNotFit(ValueError):
 
 @dataclass(frozen=True)
 class LLMPlan:
-    """``dp`` data-parallel replicas of ``tp``-way tensor-parallel x ``pp``-stage pipelines."""
+    """``dp`` data-parallel replicas of ``tp``-way tensor-parallel x ``pp``-stage pipelines, each
+    replica ``ep`` such groups sharing their experts (expert parallelism; 1 = none)."""
 
     tp: int
     dp: int
@@ -32,25 +33,31 @@ class LLMPlan:
     kv_capacity_tokens: int  # per replica
     chip_memory_bytes: float
     pp: int = 1
+    ep: int = 1
 
     def describe(self) -> str:
         pp = f" x PP={self.pp}" if self.pp > 1 else ""
-        return (f"TP={self.tp}{pp} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip, "
+        ep = f" x EP={self.ep}" if self.ep > 1 else ""
+        return (f"TP={self.tp}{pp}{ep} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip, "
                 f"KV cache {self.kv_capacity_tokens:,} tokens per replica")
 
 
 def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp: int | None = None,
-             min_kv_tokens: int = 2048, model: str = "model") -> LLMPlan:
+             min_kv_tokens: int = 2048, model: str = "model", ep: int = 1) -> LLMPlan:
     """The fewest chips per replica (tensor-parallel degree x pipeline stages, powers of two
     dividing ``count``; more TP before more stages, as TP stays within a scale-up domain and
     cuts latency) whose shard and a minimum KV cache (``min_kv_tokens``, one long request) fit in
     a chip's memory; the other chips form data-parallel replicas. ``cost_for(tp, pp)`` gives the
-    step-cost model of one shard."""
+    step-cost model of one shard. With ``ep`` > 1 a replica is ``ep`` such shards that split the
+    experts of an MoE (its KV capacity is the group's)."""
     cap = chip.dram.capacity_bytes.value or 0.0
     frac = serving_calibration()["kv_memory_fraction"].value
-    pows = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= count and count % t == 0]
+    if ep < 1 or count % ep:
+        raise ValueError(f"expert parallelism {ep} does not divide the system's {count} chips")
+    per = count // ep
+    pows = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= per and per % t == 0]
     shapes = [(t, p) for t in ([tp] if tp else pows) for p in ([pp] if pp else pows)
-              if t * p <= count and count % (t * p) == 0]
+              if t * p <= per and per % (t * p) == 0]
     shapes.sort(key=lambda tp_pp: (tp_pp[0] * tp_pp[1], tp_pp[1]))
     tried = []
     for t, p in shapes:
@@ -63,7 +70,7 @@ def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp:
         free = (cap - cost.weight_bytes_per_chip) * frac
         kv_tokens = int(free // cost.kv_bytes_per_token_per_chip) if free > 0 else 0
         if kv_tokens >= min_kv_tokens:
-            return LLMPlan(t, count // (t * p), cost.weight_bytes_per_chip, kv_tokens, cap, p)
+            return LLMPlan(t, count // (t * p * ep), cost.weight_bytes_per_chip, kv_tokens, cap, p, ep)
         tried.append(f"{label}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip + KV for {min_kv_tokens} "
                      f"tokens ({min_kv_tokens * cost.kv_bytes_per_token_per_chip / 1e9:.2f} GB) > "
                      f"{frac:.0%} of {cap / 1e9:.0f} GB free for the cache")
