@@ -59,6 +59,23 @@ def test_beam_search_decodes_every_beam_and_holds_their_kv():
     assert tight[0].finish_s is None or tight[0].preemptions > 0
 
 
+def test_offline_steady_state_throughput_by_hand():
+    from mtiasim.serving import _saturated_rate
+    from mtiasim.serving.llm import RequestRecord
+
+    # the first request finishes at 3 s (ramp-up over); the last first token comes at 5 s (the queue is
+    # empty afterwards). Request a: 5 tokens over [1, 3] s, done by 3. Request b: 9 tokens over [2, 10] s:
+    # 1 + 8 x 1/8 = 2 by 3 s, 1 + 8 x 3/8 = 4 by 5 s. Request c: first token at 5 s, 1 token by 5 s.
+    # Tokens by 3 s: 5 + 2 = 7; by 5 s: 5 + 4 + 1 = 10; steady rate = (10 - 7) / (5 - 3) = 1.5 tokens/s.
+    a = RequestRecord(Request(0, 0.0, 10, 5), first_token_s=1.0, finish_s=3.0)
+    b = RequestRecord(Request(1, 0.0, 10, 9), first_token_s=2.0, finish_s=10.0)
+    c = RequestRecord(Request(2, 0.0, 10, 3), first_token_s=5.0, finish_s=6.0)
+    assert _saturated_rate([a, b, c]) == pytest.approx(1.5)
+    assert _saturated_rate([a, b]) is None  # b's first token precedes every finish: no steady window
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        serve_llm("llama2-7b", "h100-sxm-80gb:1", qps=1.0, requests=4, warmup_fraction=1.0)
+
+
 def test_requests_share_steps():
     cost = ConstantStep(0.01)
     reqs = [Request(0, 0.0, 10, 5), Request(1, 0.0, 10, 5)]
@@ -202,6 +219,7 @@ def test_serve_end_to_end_slo_and_determinism():
     assert low.model_dump(exclude={"wall_s"}) == again.model_dump(exclude={"wall_s"})
     offline = serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=None, **kw)
     assert offline.output_tokens_per_s > 5 * low.output_tokens_per_s  # batching pays
+    assert low.saturated_output_tokens_per_s is None  # Poisson arrivals: no Offline steady state
     # far beyond capacity the queue grows and TTFT explodes
     over = serve_llm("llama2-7b", "h100-sxm-80gb:2", qps=offline.requests_per_s * 3, slo=slo, **kw)
     assert over.ttft_s.p99 > 10 * low.ttft_s.p99

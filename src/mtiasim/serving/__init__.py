@@ -78,6 +78,9 @@ class ServingReport(BaseModel):
     duration_s: float = Field(description="first arrival to last completion")
     output_tokens_per_s: float
     requests_per_s: float
+    saturated_output_tokens_per_s: float | None = Field(default=None, description=(
+        "Offline: steady-state output tokens/s, between ramp-up and the drain tail (which a 10-minute "
+        "MLPerf run amortises); None for Poisson arrivals or runs too short to have a steady state"))
     ttft_s: Percentiles
     tpot_s: Percentiles
     e2e_s: Percentiles
@@ -93,14 +96,49 @@ class ServingReport(BaseModel):
         return self.model_dump(mode="json")
 
 
+def _tokens_by(recs: list[RequestRecord], t: float) -> float:
+    """Output tokens the records had produced by time ``t`` (each request's tokens spread evenly
+    between its first token and its finish)."""
+    tokens = 0.0
+    for r in recs:
+        if r.first_token_s is None or r.first_token_s > t:
+            continue
+        n = r.request.output_tokens
+        if r.finish_s is not None and r.finish_s <= t:
+            tokens += n
+        elif r.finish_s is not None and r.finish_s > r.first_token_s:
+            tokens += 1 + (n - 1) * (t - r.first_token_s) / (r.finish_s - r.first_token_s)
+        else:
+            tokens += 1
+    return tokens
+
+
+def _saturated_rate(recs: list[RequestRecord]) -> float | None:
+    """Output tokens/s of one replica in steady state: from its first finished request (ramp-up
+    over) to its last first token (the queue is empty from then on and the batch drains). None
+    when the run has no such window (everything admitted at once)."""
+    firsts = [r.first_token_s for r in recs if r.first_token_s is not None]
+    finishes = [r.finish_s for r in recs if r.finish_s is not None]
+    if not firsts or not finishes:
+        return None
+    t0, t1 = min(finishes), max(firsts)
+    if t1 <= t0:
+        return None
+    return (_tokens_by(recs, t1) - _tokens_by(recs, t0)) / (t1 - t0)
+
+
 def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, requests: int = 1000, seed: int = 0,
               dataset: str | None = None, prompt_tokens: int | None = None, output_tokens: int | None = None,
               scheduler: SchedulerConfig | None = None, tp: int | None = None, pp: int | None = None,
               dtype: str | None = None,
               slo: SLO | None = None, request_list: list[Request] | None = None,
-              kv_dtype: str | None = None, ep: int = 1) -> ServingReport:
+              kv_dtype: str | None = None, ep: int = 1, warmup_fraction: float = 0.0) -> ServingReport:
     """Serve ``model`` on ``system``: plan the layout (tp x pp [x ep] per replica, the rest data
-    parallel), generate or take the requests, run continuous batching on every replica."""
+    parallel), generate or take the requests, run continuous batching on every replica. Latency
+    percentiles skip the requests that arrive in the first ``warmup_fraction`` of the arrival
+    window (a loaded system takes a while to build its steady-state batch)."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     t0 = time.perf_counter()
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     chip = sysspec.load_chip()
@@ -116,6 +154,7 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)
     records: list[RequestRecord] = []
     busy, preempt, end = 0.0, 0, 0.0
+    saturated: list[float | None] = []  # per replica: steady-state output tokens/s (Offline)
     # a pp-stage pipeline keeps pp micro-batches in flight: pp independent batches, each with a
     # pp-th of the replica's KV cache and the full (all-stage) step latency
     lanes = plan.dp * plan.pp
@@ -124,14 +163,18 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
             continue
         recs, stats, finish = run_replica(part, cost, plan.kv_capacity_tokens // plan.pp, sched)
         records += recs
+        if qps is None:
+            saturated.append(_saturated_rate(recs))
         busy += stats.busy_s
         preempt += stats.preemptions
         end = max(end, finish)
     done = [r for r in records if r.finish_s is not None]
     start = min(r.request.arrival_s for r in records)
     duration = max(end - start, 1e-12)
-    ttft = [r.ttft_s for r in done if r.ttft_s is not None]
-    tpot = [r.tpot_s for r in done if r.tpot_s is not None]
+    last = max(r.request.arrival_s for r in records)
+    steady = [r for r in done if r.request.arrival_s >= start + warmup_fraction * (last - start)] or done
+    ttft = [r.ttft_s for r in steady if r.ttft_s is not None]
+    tpot = [r.tpot_s for r in steady if r.tpot_s is not None]
     rep = ServingReport(
         model=model, system=sysspec.name, plan=plan.describe(), tp=plan.tp, pp=plan.pp, dp=plan.dp, ep=plan.ep,
         dtype=cost.dtype,
@@ -139,7 +182,8 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
         requests=len(records), completed=len(done), rejected=sum(r.rejected is not None for r in records),
         duration_s=duration, output_tokens_per_s=sum(r.request.output_tokens for r in done) / duration,
         requests_per_s=len(done) / duration, ttft_s=Percentiles.of(ttft), tpot_s=Percentiles.of(tpot),
-        e2e_s=Percentiles.of([r.e2e_s for r in done]), preemptions=preempt,
+        saturated_output_tokens_per_s=(sum(saturated) if saturated and None not in saturated else None),
+        e2e_s=Percentiles.of([r.e2e_s for r in steady]), preemptions=preempt,
         kv_capacity_tokens_per_replica=plan.kv_capacity_tokens, utilization=min(1.0, busy / (duration * lanes)),
         slo=slo or SLO(), meets_slo=None, wall_s=0.0)
     if slo is not None:

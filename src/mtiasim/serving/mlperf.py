@@ -155,7 +155,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                                                                cal["max_num_batched_tokens"].value)),
                             block_tokens=int(cal["kv_block_tokens"].value), beams=int(info.get("beams", 1)))
     n_offline = requests or int(info["samples"])
-    n_server = requests or min(3000, int(info["samples"]))
+    # Server probes of the QPS search: 3,000 requests; a run at a given load (to predict the
+    # latencies a submission measured at it) is longer, as MLPerf's >= 10-minute runs reach steady
+    # state; both score latency percentiles on the second half of the arrivals (past warm-up).
+    n_server = requests or (min(3000, int(info["samples"])) if qps is None else 20_000)
     kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), pp=dep.get("pp"),
               dtype=dep.get("dtype"), kv_dtype=dep.get("kv_dtype"))
     if sysspec.count % ((dep.get("tp") or 1) * (dep.get("pp") or 1)):
@@ -165,7 +168,15 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
 
     def run(rate: float | None) -> ServingReport:
         return serve_llm(info["model"], sysspec, qps=rate, requests=n_offline if rate is None else n_server,
-                         slo=slo if scenario != "Offline" else None, **kw)
+                         slo=slo if scenario != "Offline" else None, warmup_fraction=0.0 if rate is None else 0.5,
+                         **kw)
+
+    def offline_rates(rep: ServingReport) -> tuple[float, float]:
+        """(output tokens/s, requests/s) of an Offline run before its drain tail: MLPerf's Offline
+        runs last >= 10 minutes (the sample set repeats), which amortises the tail."""
+        tok = rep.saturated_output_tokens_per_s or rep.output_tokens_per_s
+        per_request = rep.output_tokens_per_s / rep.requests_per_s if rep.requests_per_s else 1.0
+        return tok, tok / per_request
 
     def ok(rep: ServingReport) -> bool:
         if "e2e_p99_s" in bounds:
@@ -180,7 +191,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         # a server cannot sustain more than the Offline throughput (measured over the benchmark's
         # whole sample set); short Server probes would otherwise pass overloads whose queue has
         # not yet grown past the bounds
-        cap = run(None).requests_per_s
+        cap = offline_rates(run(None))[1]
         lo, hi, best = 0.0, cap, None
         for _ in range(search_steps):
             mid = (lo + hi) / 2 if best is not None or lo > 0 else 0.5 * cap
@@ -190,7 +201,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
             else:
                 hi = mid
         rep = best or run(max(lo, 0.01 * cap))
-    tok, samples = rep.output_tokens_per_s, rep.requests_per_s
+    tok, samples = offline_rates(rep) if rep.qps is None else (rep.output_tokens_per_s, rep.requests_per_s)
     if rep.qps is not None and rep.completed:
         # A Server run lasts >= 10 minutes, so its completed rate equals the offered rate when the
         # bounds hold; a few thousand simulated requests would instead count their own drain tail.

@@ -114,6 +114,24 @@ def _load_of(row: dict[str, str], rows: list[dict[str, str]], info: dict[str, An
     return None
 
 
+_TOKEN_RATES = ("tokens_per_second", "completed_tokens_per_second")
+_SAMPLE_RATES = ("samples_per_second", "completed_samples_per_second", "scheduled_samples_per_second")
+
+
+def _utilization(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
+    """The submission's Server load as a fraction of the same system's Offline throughput (same
+    round, submitter, system and benchmark), in like units; None when either row is missing."""
+    key = ("round", "submitter", "system", "benchmark")
+    mine = [r for r in rows if all(r.get(k) == row.get(k) for k in key)]
+    for rates in (_TOKEN_RATES, _SAMPLE_RATES):
+        load = next((float(r["value"]) for r in mine if r["scenario"] == row["scenario"] and r["metric"] in rates[1:]
+                     ), None)
+        offline = next((float(r["value"]) for r in mine if r["scenario"] == "Offline" and r["metric"] in rates), None)
+        if load and offline:
+            return load / offline
+    return None
+
+
 def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Predictor) -> tuple[float | None, str | None]:
     metric = row["metric"].strip()
     if metric not in METRICS:
@@ -140,7 +158,16 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
         if kind == "latency":
             if scenario == "Offline":
                 return None, "latency rows are only defined for Server/Interactive"
-            qps = _load_of(row, rows, info)
+            # Near saturation latency depends on the load relative to capacity: a 10% capacity error
+            # turns an absolute load into an overload and TTFT grows without bound. A latency row
+            # is therefore predicted at the submission's relative load (its Server load over its own
+            # Offline throughput, times the predicted Offline throughput); capacity errors are scored
+            # by the throughput rows. Without an Offline row the absolute load is used.
+            util = _utilization(row, rows)
+            if util is not None:
+                qps = util * predictor.get(key, system, "Offline").samples_per_s
+            else:
+                qps = _load_of(row, rows, info)
             if qps is None:
                 return None, "no throughput row for this submission to take its load from"
             pred = predictor.get(key, system, scenario, qps=round(qps, 6))
