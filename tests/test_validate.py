@@ -91,6 +91,16 @@ def test_benchmark_names():
         benchmark_info("stable-diffusion-xl")
 
 
+def test_high_accuracy_deployment_layers_and_keeps_every_source():
+    from mtiasim.serving.mlperf import deployment
+
+    low, high = deployment("bert", "h100-sxm-80gb"), deployment("bert", "h100-sxm-80gb", high_accuracy=True)
+    assert (low["dtype"], low["act_dtype"], low["offline_batch"]) == ("int8", "int8", 1280)
+    # bert-99.9 on H100: FP8 GEMMs with FP16 activations, batch 1024 (NVIDIA's _HighAccuracy configs)
+    assert (high["dtype"], high["act_dtype"], high["offline_batch"]) == ("fp8", "fp16", 1024)
+    assert high["source"].count(" | ") == 2 and "use_fp8" in high["source"]
+
+
 def test_server_prediction_meets_its_bounds():
     p = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", requests=400, search_steps=6)
     assert p.meets_bounds and p.p99_ttft_s <= 2.0 and p.p99_tpot_s <= 0.1  # mlperf.conf bounds

@@ -296,7 +296,8 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
 def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
                                                  "mlperf_calibration.csv (default: the packaged calibration set)."),
                  as_json: bool = typer.Option(False, "--json")):
-    """Predict every row of a measurement CSV and report the errors (MAPE, coverage)."""
+    """Predict every row of a measurement CSV and report the errors (MAPE, coverage). Latency rows
+    are predicted at the submission's load relative to its own Offline throughput."""
     from mtiasim.validate import validate
 
     try:

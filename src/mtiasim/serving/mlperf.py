@@ -45,12 +45,15 @@ def deployment(benchmark: str, chip: str, high_accuracy: bool = False) -> dict[s
     """The submitters' deployment of ``benchmark`` (base name) on ``chip``: the ``default`` entry,
     then the chip's; for a -99.9 variant, then ``high_accuracy``'s default and chip entries."""
     entries = _data("deployments.yaml").get(benchmark, {})
-    d = dict(entries.get("default", {}))
-    d.update(entries.get(chip, {}))
-    if high_accuracy:
-        high = entries.get("high_accuracy", {})
-        d.update(high.get("default", {}))
-        d.update(high.get(chip, {}))
+    high = entries.get("high_accuracy", {}) if high_accuracy else {}
+    d: dict[str, Any] = {}
+    sources = []
+    for layer in (entries.get("default", {}), entries.get(chip, {}), high.get("default", {}), high.get(chip, {})):
+        d.update(layer)
+        if layer.get("source"):
+            sources.append(layer["source"])
+    if sources:
+        d["source"] = " | ".join(sources)  # every layer that set a field says where it came from
     return d
 
 
@@ -139,10 +142,11 @@ predict_ranking = predict_batched  # the name this had when dlrm-v2 was the only
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
                 seed: int = 0, qps: float | None = None, search_steps: int = 9) -> MLPerfPrediction:
-    """Predict an MLPerf LLM result. Offline simulates the benchmark's whole sample set (so
-    batches reach steady state) unless ``requests`` is given; each Server probe uses 3,000
-    requests. With ``qps`` given (Server/Interactive), run at that load instead of searching
-    (e.g. to predict the latencies a submission measured at its own load)."""
+    """Predict an MLPerf LLM result. Offline simulates the benchmark's whole sample set unless
+    ``requests`` is given and reports the steady-state throughput (before the drain tail, which
+    MLPerf's >= 10-minute runs amortise); each Server probe uses 3,000 requests. With ``qps``
+    given (Server/Interactive), run 20,000 requests at that load instead of searching (e.g. to
+    predict the latencies a submission measured at its load), with percentiles past warm-up."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got '{scenario}'")
     info = benchmark_info(benchmark)
