@@ -173,6 +173,21 @@ def test_expert_parallelism_splits_experts_and_pays_all_to_alls():
     assert (rep.ep, rep.dp, rep.completed) == (4, 2, 64) and "EP=4" in rep.plan
 
 
+def test_gpu_steps_are_timed_by_the_gpu_engine_with_the_deployment_stack():
+    from mtiasim.serving.cost import engine_for
+
+    assert engine_for(load_chip("h100-sxm-80gb"), "vllm") == ("gpu", {"stack": "vllm"})
+    assert engine_for(load_chip("mtia-400"), "vllm") == ("analytical", {})  # PE-grid chips: analytical
+    h100 = SystemSpec.parse("h100-sxm-80gb:1")
+    trt = step_cost("llama2-7b", h100, 1, "bf16", stack="tensorrt-llm")
+    eager = step_cost("llama2-7b", h100, 1, "bf16", stack="pytorch-eager")
+    # eager PyTorch: 10 us per kernel launch instead of 3 us (CUDA graphs), FlashAttention-2 at 35% of peak
+    one = StepShape((), 512, 1)
+    assert eager.step_s(one) > trt.step_s(one)
+    prefill = StepShape(((2048, 0),), 0, 0)
+    assert eager.step_s(prefill) > trt.step_s(prefill)
+
+
 def test_tensor_parallel_shard_is_faster_but_pays_for_all_reduces():
     one = step_cost("llama2-70b", H100x8, 1, "fp8")
     two = step_cost("llama2-70b", H100x8, 2, "fp8")

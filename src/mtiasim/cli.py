@@ -202,6 +202,8 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
                                  "(expert parallelism, data-parallel attention)."),
           kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache precision (default: activations')."),
           beams: int = typer.Option(1, "--beams", min=1, help="Beam-search width (MLPerf GPT-J: 4)."),
+          stack: str | None = typer.Option(None, "--stack", help="GPUs: software stack whose kernel calibration "
+                                           "times the steps (tensorrt-llm, vllm, pytorch-eager)."),
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
@@ -233,7 +235,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
 
         rep = serve_llm(model, system, qps=qps, requests=requests, seed=seed, prompt_tokens=prompt_tokens,
                         output_tokens=output_tokens, scheduler=sched, tp=tp, pp=pp, dtype=dtype,
-                        kv_dtype=kv_dtype, ep=ep, slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
+                        kv_dtype=kv_dtype, ep=ep, stack=stack, slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
                         request_list=load_trace(trace) if trace else None)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)

@@ -23,12 +23,13 @@ _COSTS: dict[tuple, LLMStepCost] = {}
 
 
 def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dtype: str | None = None,
-              pp: int = 1, ep: int = 1) -> LLMStepCost:
+              pp: int = 1, ep: int = 1, stack: str | None = None) -> LLMStepCost:
     """Step-cost model of a tp-way, pp-stage (ep-way expert-parallel) shard, memoised per process
-    (grids built lazily; the dense and attention grids do not depend on pp, so they are shared)."""
-    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype, ep, pp)
+    (grids built lazily; the dense and attention grids do not depend on pp, so they are shared).
+    GPU kernels are timed by the gpu engine with the software ``stack``."""
+    key = (model, system.chip, tuple(sorted(system.chip_overrides.items())), tp, dtype, kv_dtype, stack, ep, pp)
     if key not in _COSTS:
-        cost = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype, pp, ep)
+        cost = LLMStepCost(model, system.load_chip(), tp, dtype, kv_dtype, pp, ep, stack)
         base = _COSTS.get(key[:-1] + (1,))
         if base is not None:  # reuse the grids of the pp=1 model
             for attr in ("_dense", "_decode_attention", "_prefill_attention"):
@@ -132,7 +133,8 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
               scheduler: SchedulerConfig | None = None, tp: int | None = None, pp: int | None = None,
               dtype: str | None = None,
               slo: SLO | None = None, request_list: list[Request] | None = None,
-              kv_dtype: str | None = None, ep: int = 1, warmup_fraction: float = 0.0) -> ServingReport:
+              kv_dtype: str | None = None, ep: int = 1, warmup_fraction: float = 0.0,
+              stack: str | None = None) -> ServingReport:
     """Serve ``model`` on ``system``: plan the layout (tp x pp [x ep] per replica, the rest data
     parallel), generate or take the requests, run continuous batching on every replica. Latency
     percentiles skip the requests that arrive in the first ``warmup_fraction`` of the arrival
@@ -147,9 +149,9 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
                                          max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
                                          block_tokens=int(cal["kv_block_tokens"].value))
     check_expert_parallel(model, ep)
-    plan = plan_llm(lambda t, p: step_cost(model, sysspec, t, dtype, kv_dtype, p, ep), chip, sysspec.count, tp=tp,
-                    pp=pp, model=model, ep=ep)
-    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp, ep)
+    plan = plan_llm(lambda t, p: step_cost(model, sysspec, t, dtype, kv_dtype, p, ep, stack), chip, sysspec.count,
+                    tp=tp, pp=pp, model=model, ep=ep)
+    cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp, ep, stack)
     reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)
     records: list[RequestRecord] = []

@@ -1,4 +1,5 @@
-"""Step-time model of one tensor-parallel LLM replica, built from the analytical engine.
+"""Step-time model of one tensor-parallel LLM replica, built from the engines (the ``gpu`` engine
+with the deployment's software stack for GPUs, ``analytical`` for every other chip).
 
 A serving step runs every layer once over all tokens scheduled in it (prefill chunks and one
 token per decoding sequence). Its time splits into parts that depend on different things:
@@ -12,7 +13,8 @@ token per decoding sequence). Its time splits into parts that depend on differen
 - tensor parallelism: two all-reduces per layer of the step's activations (Megatron-LM);
 - pipeline parallelism: a step crosses pp-1 stage boundaries (point-to-point sends); each chip
   holds 1/pp of the layers' weights and KV cache. The serving loop keeps pp micro-batches in flight
-  per replica (see ``serving/llm.py``).
+  per replica (see ``serving/llm.py``);
+- expert parallelism: see ``LLMStepCost.step_s``.
 Grids are evaluated once (captures are cached on disk) and interpolated, so a step costs
 microseconds and a 10,000-request serving run takes seconds.
 """
@@ -52,6 +54,14 @@ class StepShape:
         return sum(q for q, _ in self.prefill) + self.decode_count
 
 
+def engine_for(chip: ChipSpec, stack: str | None) -> tuple[str, dict]:
+    """The engine that times a chip's kernels in serving: the ``gpu`` engine (with the deployment's
+    software stack, e.g. ``tensorrt-llm`` or ``vllm``) for GPUs, the ``analytical`` one otherwise."""
+    if chip.kind == "gpu":
+        return "gpu", ({"stack": stack} if stack else {})
+    return "analytical", {}
+
+
 def check_expert_parallel(model: str, ep: int) -> None:
     """Raise ValueError unless ``model`` is an MoE whose experts split into ``ep`` groups of at
     least top_k experts each."""
@@ -68,11 +78,12 @@ def check_expert_parallel(model: str, ep: int) -> None:
 
 class LLMStepCost:
     def __init__(self, model: str, chip: ChipSpec, tp: int = 1, dtype: str | None = None,
-                 kv_dtype: str | None = None, pp: int = 1, ep: int = 1):
+                 kv_dtype: str | None = None, pp: int = 1, ep: int = 1, stack: str | None = None):
         entry = zoo.get(model)
         if entry.family != "llm":
             raise ValueError(f"{model} is not an LLM (family {entry.family})")
         self.model, self.chip, self.tp, self.pp, self.ep = model, chip, tp, pp, ep
+        self.engine, self.engine_options = engine_for(chip, stack)
         self.cfg = entry.config()
         self.dtype = dtype or entry.default_dtype
         self.act_dtype = activation_dtype(self.dtype)
@@ -114,7 +125,8 @@ class LLMStepCost:
                               **self.shard)
         p = compile(g, self.chip, CompileOptions(dtype=self.dtype, kv_dtype=self.kv_dtype),
                     default_dtype=w.default_dtype)
-        r = run_program(p, model=w.name, phase="prefill", batch=w.batch, seq_len=seq, kv_len=None,
+        r = run_program(p, self.engine, self.engine_options, model=w.name, phase="prefill", batch=w.batch,
+                        seq_len=seq, kv_len=None,
                         dtype=self.dtype, items=tokens, item_unit="token")
         attn = sum(o.time_s for o in r.ops if o.op == "attention")
         return r.latency_s - attn, attn
@@ -138,7 +150,8 @@ class LLMStepCost:
         g = Graph("attention", t, [Node("attn", "attention", ["q", "k", "v"], ["o"], {"causal": causal})],
                   ["q", "k", "v"], ["o"])
         p = compile(g, self.chip, CompileOptions(dtype=self.dtype, kv_dtype=self.kv_dtype))
-        return run_program(p, model="attention", phase="step", batch=1, seq_len=q, kv_len=keys,
+        return run_program(p, self.engine, self.engine_options, model="attention", phase="step", batch=1,
+                           seq_len=q, kv_len=keys,
                            dtype=self.dtype, items=q, item_unit="token").latency_s
 
     @cached_property

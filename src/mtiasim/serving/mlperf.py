@@ -164,7 +164,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     # state; both score latency percentiles on the second half of the arrivals (past warm-up).
     n_server = requests or (min(3000, int(info["samples"])) if qps is None else 20_000)
     kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), pp=dep.get("pp"),
-              dtype=dep.get("dtype"), kv_dtype=dep.get("kv_dtype"))
+              dtype=dep.get("dtype"), kv_dtype=dep.get("kv_dtype"), stack=dep.get("stack"))
     if sysspec.count % ((dep.get("tp") or 1) * (dep.get("pp") or 1)):
         kw["tp"] = kw["pp"] = None  # the submitters' layout does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)

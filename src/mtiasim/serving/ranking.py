@@ -4,7 +4,7 @@ An MLPerf DLRM-v2 query aggregates 100-700 user-item pairs (about 270 on average
 1.1); a BERT or ResNet-50 query is one sample. Each chip holds the whole model (NVIDIA ran
 embeddings 100% on GPU) and serves the queries routed to it round-robin. A chip's batcher starts a batch when the queued pairs reach the target
 batch or the oldest query has waited the batching timeout; a batch of ``b`` pairs takes T(b),
-from the analytical engine on a grid of batch sizes (interpolated). A query completes with its
+from the engine (the gpu engine for GPUs, analytical otherwise) on a grid of batch sizes (interpolated). A query completes with its
 batch.
 """
 
@@ -21,6 +21,7 @@ from mtiasim.api import simulate, workload_graph
 from mtiasim.compiler import CompileOptions
 from mtiasim.compiler.quantize import activation_dtype
 from mtiasim.graph.dtypes import nbytes
+from mtiasim.serving.cost import engine_for
 from mtiasim.serving.traffic import datasets
 from mtiasim.system.collectives import alltoall_s, reduce_scatter_s
 from mtiasim.system.embedding import TableShards, shard_row_wise, shard_table_wise
@@ -104,7 +105,9 @@ class RankingBatchCost:
         chip = self.system.load_chip()
         s = self.shards
         grid = self.grid
-        results = {b: simulate(self.model, chip=chip, batch=b, seq_len=self.seq_len, options=self.options)
+        engine, engine_options = engine_for(chip, None)  # GPUs: the gpu engine's default stack
+        results = {b: simulate(self.model, chip=chip, batch=b, seq_len=self.seq_len, options=self.options,
+                               engine=engine, engine_options=engine_options)
                    for b in sorted(set(grid) | {max(1, b // s) for b in grid})}
         r = results[grid[0]]
         per_chip = r.memory_required_bytes
