@@ -31,29 +31,29 @@ def link_bandwidth_bytes_per_s(chip: ChipSpec) -> float:
     return bw
 
 
-def allreduce_s(chip: ChipSpec, nbytes: float, n: int) -> float:
+def _ring_phases_s(chip: ChipSpec, nbytes: float, n: int, phases: int) -> float:
+    """``phases`` passes of a ring over ``n`` chips: each pass moves (n-1)/n of ``nbytes`` over
+    every link in n-1 steps (alpha-beta model)."""
     if n <= 1 or nbytes <= 0:
         return 0.0
     c = _cal()
     bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
-    return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * c["step_latency_s"].value
+    return phases * ((n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value)
+
+
+def allreduce_s(chip: ChipSpec, nbytes: float, n: int) -> float:
+    """Ring all-reduce: a reduce-scatter then an all-gather (two passes)."""
+    return _ring_phases_s(chip, nbytes, n, 2)
 
 
 def alltoall_s(chip: ChipSpec, nbytes: float, n: int) -> float:
-    if n <= 1 or nbytes <= 0:
-        return 0.0
-    c = _cal()
-    bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
-    return (n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value
+    """All-to-all of ``nbytes`` per chip: (n-1)/n of it leaves each chip (one pass)."""
+    return _ring_phases_s(chip, nbytes, n, 1)
 
 
 def reduce_scatter_s(chip: ChipSpec, nbytes: float, n: int) -> float:
-    """Ring reduce-scatter of ``nbytes`` per chip: (n-1)/n of it crosses each link (half an all-reduce)."""
-    if n <= 1 or nbytes <= 0:
-        return 0.0
-    c = _cal()
-    bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
-    return (n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value
+    """Ring reduce-scatter of ``nbytes`` per chip: half an all-reduce (one pass)."""
+    return _ring_phases_s(chip, nbytes, n, 1)
 
 
 def p2p_s(chip: ChipSpec, nbytes: float) -> float:
