@@ -278,3 +278,12 @@ def test_help_mentions_json(command):
 def test_cache_dir_is_isolated():
     assert Path(os.environ["MTIASIM_CACHE_DIR"]).is_dir()
     assert not str(Path(os.environ["MTIASIM_CACHE_DIR"])).startswith(str(Path.home() / ".cache"))
+
+
+def test_bad_flags_are_named():
+    # an unknown activation dtype names the field and the valid choices, without pydantic's wrapper
+    r = runner.invoke(app, ["run", "resnet50", "--chip", "h100-sxm-80gb", "--act-dtype", "bogus"])
+    assert r.exit_code == 2 and "act_dtype: unknown dtype 'bogus'" in r.output and "pydantic" not in r.output
+    # LLM-only serving flags on a batched model are refused by name, not silently ignored
+    r = runner.invoke(app, ["serve", "resnet50", "--system", "h100-sxm-80gb:1", "--qps", "10", "--beams", "4"])
+    assert r.exit_code == 2 and "--beams applies to LLMs" in r.output

@@ -36,6 +36,10 @@ def _overrides(items: list[str] | None) -> dict[str, str]:
 
 
 def _fail(e: Exception) -> None:
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):  # our validators' own messages name the field
+        e = ValueError("; ".join(d["msg"].removeprefix("Value error, ") for d in e.errors()))
     err.print(f"[red]error:[/red] {e}", highlight=False)
     raise typer.Exit(2)
 
@@ -223,6 +227,14 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     from mtiasim.system.plan import serving_calibration
 
     if zoo.get(model).family != "llm":
+        llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--stack": stack, "--tp": tp,
+                    "--pp": pp, "--trace": trace, "--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99,
+                    "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--input-len": prompt_tokens,
+                    "--output-len": output_tokens}
+        given = [flag for flag, v in llm_only.items() if v]
+        if given:
+            _fail(ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to LLMs; {model} is a "
+                             f"batched {zoo.get(model).family} model (use --qps, --batch-pairs, --batch-timeout, --p99)"))
         _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, latency_p99, as_json)
         return
     cal = serving_calibration()
