@@ -2,10 +2,10 @@
 
 An MLPerf DLRM-v2 query aggregates 100-700 user-item pairs (about 270 on average; mlperf.md
 1.1); a BERT or ResNet-50 query is one sample. Each chip holds the whole model (NVIDIA ran
-embeddings 100% on GPU) and serves the queries routed to it round-robin. A chip's batcher starts a batch when the queued pairs reach the target
-batch or the oldest query has waited the batching timeout; a batch of ``b`` pairs takes T(b),
-from the engine (the gpu engine for GPUs, analytical otherwise) on a grid of batch sizes (interpolated). A query completes with its
-batch.
+embeddings 100% on GPU) and serves the queries routed to it round-robin. A chip's batcher
+starts a batch when the queued items reach the target batch or the oldest query has waited the
+batching timeout; a batch of ``b`` items takes T(b), from the engine (the gpu engine for GPUs,
+analytical otherwise) on a grid of batch sizes (interpolated). A query completes with its batch.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def batch_workload(model: str) -> tuple[QueryMix, int | None, list[int]]:
 
 class RankingBatchCost:
     """Time of one batch on a group of ``shards`` chips. With one shard a chip holds the whole
-    model. With more, tables are sharded table-wise (``system/embedding.py``): the busiest chip's
-    lookups, an all-to-all of pooled embeddings, then the dense part on B/shards samples.
+    model. With more, tables are sharded (``system/embedding.py``) table-wise (the busiest chip's
+    lookups, an all-to-all of pooled embeddings) or row-wise (1/shards of all lookups, a
+    reduce-scatter of partial sums), then the dense part runs on B/shards samples per chip.
     ``grid`` is the batch sizes simulated (interpolated between); ``seq_len`` is passed to the
     workload (encoders)."""
 
