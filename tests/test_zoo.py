@@ -327,13 +327,14 @@ def test_resnet50_matches_torchvision_counts():
     g, _ = workload_graph("resnet50", batch=1)
     macs = sum(node_work(g, n).matrix_flops for n in g.nodes) / 2
     assert macs == pytest.approx(4.09e9, rel=0.005)
-    assert sum(n.op == "conv2d" for n in g.nodes) == 53  # 49 in the bottlenecks + stem + 3 projection shortcuts
+    assert sum(n.op == "conv2d" for n in g.nodes) == 53  # 16 bottlenecks x 3 + the stem + 4 projection shortcuts
 
 
 def test_bert_large_shapes_and_params():
     m = zoo.get("bert-large")
-    # 24 x 12.6M encoder weights + 31.8M embedding table rows: the 334M of BERT-large without the pooler
-    assert m.param_count() == 334_094_338
+    # HF bert-large-uncased has 335,141,888 parameters; it has a pooler (1024 x 1024 + 1024) and no
+    # SQuAD head (1024 x 2 + 2): 335,141,888 - 1,049,600 + 2,050
+    assert m.param_count() == 335_141_888 - 1_049_600 + 2_050
     with pytest.raises(ValueError, match="max_positions"):
         m.build(seq_len=600)
 

@@ -225,6 +225,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     from mtiasim.serving import SLO, serve_llm
     from mtiasim.serving.llm import SchedulerConfig
     from mtiasim.system.plan import serving_calibration
+    from mtiasim.system.spec import SystemSpec
 
     if zoo.get(model).family != "llm":
         llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--stack": stack, "--tp": tp,
@@ -239,6 +240,9 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         return
     cal = serving_calibration()
     try:
+        if stack and SystemSpec.parse(system).load_chip().kind != "gpu":
+            raise ValueError(f"--stack selects a GPU software stack; {system} is not a GPU system "
+                             "(its kernels are timed by the analytical engine)")
         sched = SchedulerConfig(max_num_seqs=max_num_seqs or int(cal["max_num_seqs"].value),
                                 max_num_batched_tokens=max_tokens or int(cal["max_num_batched_tokens"].value),
                                 block_tokens=int(cal["kv_block_tokens"].value), beams=beams)

@@ -9,8 +9,8 @@ preemption). Requests are routed to replicas round-robin.
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
-(paged KV cache) and read once per step, each beam holds and reads its own generated tokens. ``max_num_seqs`` counts
-requests, as TensorRT-LLM's max batch size does with a beam width.
+(paged KV cache) and read once per step, each beam holds and reads its own generated tokens.
+``max_num_seqs`` counts requests, as TensorRT-LLM's max batch size does with a beam width.
 """
 
 from __future__ import annotations

@@ -137,9 +137,6 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
                             p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep)
 
 
-predict_ranking = predict_batched  # the name this had when dlrm-v2 was the only batched benchmark
-
-
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
                 seed: int = 0, qps: float | None = None, search_steps: int = 9) -> MLPerfPrediction:
     """Predict an MLPerf LLM result. Offline simulates the benchmark's whole sample set unless

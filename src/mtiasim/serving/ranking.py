@@ -22,7 +22,7 @@ from mtiasim.compiler import CompileOptions
 from mtiasim.compiler.quantize import activation_dtype
 from mtiasim.graph.dtypes import nbytes
 from mtiasim.serving.cost import engine_for
-from mtiasim.serving.traffic import datasets
+from mtiasim.serving.traffic import DATASET_OF, datasets
 from mtiasim.system.collectives import alltoall_s, reduce_scatter_s
 from mtiasim.system.embedding import TableShards, shard_row_wise, shard_table_wise
 from mtiasim.system.plan import DoesNotFit
@@ -43,9 +43,14 @@ class QueryMix:
     high: int
 
     @classmethod
-    def mlperf(cls) -> QueryMix:
-        d = datasets()["criteo_aggregated"]["pairs"]
+    def of(cls, dataset: str) -> QueryMix:
+        """The ``pairs`` distribution of a dataset in ``data/serving/datasets.yaml``."""
+        d = datasets()[dataset]["pairs"]
         return cls(float(d["mean"]), float(d["cv"]), int(d["min"]), int(d["max"]))
+
+    @classmethod
+    def mlperf(cls) -> QueryMix:
+        return cls.of("criteo_aggregated")
 
     @classmethod
     def single(cls) -> QueryMix:
@@ -60,14 +65,14 @@ class QueryMix:
 
 def batch_workload(model: str) -> tuple[QueryMix, int | None, list[int]]:
     """(items per query, sequence length, batch grid) of a batched-inference zoo model, from its
-    MLPerf dataset in ``data/serving/datasets.yaml``: DLRM queries aggregate user-item pairs;
-    BERT samples have the dataset's mean sequence length; other samples are single items."""
-    from mtiasim.frontend import zoo
-
-    entry = zoo.get(model)
-    if entry.family == "ranking":
-        return QueryMix.mlperf(), None, BATCH_GRID
-    seq = datasets().get("squad_v1.1", {}).get("seq_len") if entry.family == "encoder" else None
+    dataset (``traffic.DATASET_OF``, ``data/serving/datasets.yaml``): a dataset with ``pairs``
+    aggregates user-item pairs per query (DLRM); one with ``seq_len`` gives each sample its mean
+    sequence length (BERT); a model with neither has single-item queries (ResNet-50)."""
+    name = DATASET_OF.get(model.partition(":")[0])  # "ranking-hc:940" serves like ranking-hc
+    ds = datasets()[name] if name else {}
+    if "pairs" in ds:
+        return QueryMix.of(name), None, BATCH_GRID
+    seq = ds.get("seq_len")
     return QueryMix.single(), int(round(float(seq["mean"]))) if seq else None, SAMPLE_GRID
 
 

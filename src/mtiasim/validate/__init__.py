@@ -114,8 +114,10 @@ def _load_of(row: dict[str, str], rows: list[dict[str, str]], info: dict[str, An
     return None
 
 
-_TOKEN_RATES = ("tokens_per_second", "completed_tokens_per_second")
-_SAMPLE_RATES = ("samples_per_second", "completed_samples_per_second", "scheduled_samples_per_second")
+#: (Server load metrics, Offline throughput metrics) in like units: tokens/s, then samples/s
+_RATE_METRICS = ((("completed_tokens_per_second",), ("tokens_per_second", "completed_tokens_per_second")),
+                 (("completed_samples_per_second", "scheduled_samples_per_second"),
+                  ("samples_per_second", "completed_samples_per_second", "scheduled_samples_per_second")))
 
 
 def _utilization(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
@@ -123,10 +125,11 @@ def _utilization(row: dict[str, str], rows: list[dict[str, str]]) -> float | Non
     round, submitter, system and benchmark), in like units; None when either row is missing."""
     key = ("round", "submitter", "system", "benchmark")
     mine = [r for r in rows if all(r.get(k) == row.get(k) for k in key)]
-    for rates in (_TOKEN_RATES, _SAMPLE_RATES):
-        load = next((float(r["value"]) for r in mine if r["scenario"] == row["scenario"] and r["metric"] in rates[1:]
-                     ), None)
-        offline = next((float(r["value"]) for r in mine if r["scenario"] == "Offline" and r["metric"] in rates), None)
+    for load_metrics, offline_metrics in _RATE_METRICS:
+        load = next((float(r["value"]) for r in mine
+                     if r["scenario"] == row["scenario"] and r["metric"] in load_metrics), None)
+        offline = next((float(r["value"]) for r in mine
+                        if r["scenario"] == "Offline" and r["metric"] in offline_metrics), None)
         if load and offline:
             return load / offline
     return None
