@@ -290,3 +290,15 @@ def test_bad_flags_are_named():
     # a GPU software stack on a non-GPU system is refused rather than ignored
     r = runner.invoke(app, ["serve", "llama2-7b", "--system", "mtia-400:1", "--requests", "4", "--stack", "vllm"])
     assert r.exit_code == 2 and "--stack" in r.output and "not a GPU" in r.output
+
+
+def test_kernels_reports_the_gpu_engine_against_measured_kernels():
+    d = ok_json("kernels", "--chip", "h200-sxm-141gb", "--json")
+    assert d["env"]["gpu"] == "NVIDIA H200" and d["chip"] == "h200-sxm-141gb"
+    kinds = d["by_kind"]
+    # the H200 was not in any fit: its GEMMs are predicted from its spec and the H100 calibration
+    assert kinds["gemm_bf16"]["n"] >= 200 and kinds["gemm_bf16"]["mape_pct"] < 10
+    row = d["by_kernel"][0]
+    assert row["measured_s"] > 0 and row["predicted_s"] > 0
+    assert row["error_pct"] == pytest.approx((row["predicted_s"] - row["measured_s"]) / row["measured_s"] * 100)
+    fails_with(["kernels", "--chip", "mtia-400"], "nokernelmeasurementsfor'mtia-400'")

@@ -34,30 +34,32 @@ def test_golden_compute_bound_gemm_on_mtia_200():
     # 2048^3 BF16 GEMM on MTIA 2i. Tiles 64x64 -> 32*32 = 1024 tiles over 64 PEs = 16 full waves,
     # so the tile efficiency is 1 and the calibrated base is ISCA'25's ">92% at 2Kx2Kx2K" = 0.92.
     # compute = 2*2048^3 / (177e12 * 0.92) = 105.50 us
-    # DRAM: x (graph input) 2048*2048*2 B = 8,388,608 B / (204.8e9 * 0.95) = 43.12 us
-    # SRAM: weight pinned in LLS (8 MiB) + output (8 MiB) = 16.78 MB / (2.7e12 * 0.85) = 7.31 us
-    # time = max(105.50, 43.12) + 1 us launch = 106.50 us, compute-bound
+    # DRAM: x (graph input) + y (graph output, it leaves the program) 2 * 8,388,608 B
+    #       / (204.8e9 * 0.95) = 86.23 us
+    # SRAM: weight pinned in LLS (8 MiB) / (2.7e12 * 0.85) = 3.66 us
+    # time = max(105.50, 86.23) + 1 us launch = 106.50 us, compute-bound
     p, r = run(linear_graph(2048, 2048, 2048), "mtia-200")
     (op,) = r.ops
     assert op.compute_s == pytest.approx(2 * 2048**3 / (177e12 * 0.92), rel=1e-9)
-    assert op.memory_s == pytest.approx(2048 * 2048 * 2 / (204.8e9 * 0.95), rel=1e-9)
+    assert op.memory_s == pytest.approx(2 * 2048 * 2048 * 2 / (204.8e9 * 0.95), rel=1e-9)
     assert op.time_s == pytest.approx(106.50e-6, rel=1e-3)
     assert op.bound == "compute"
-    assert op.dram_bytes == 2048 * 2048 * 2 and op.sram_bytes == 2 * 2048 * 2048 * 2
+    assert op.dram_bytes == 2 * 2048 * 2048 * 2 and op.sram_bytes == 2048 * 2048 * 2
     assert r.latency_s == op.time_s and r.throughput_per_s == pytest.approx(1 / op.time_s)
 
 
 def test_golden_memory_bound_gemv_weights_too_big_for_sram():
     # 1 x 16384 @ 16384 x 16384 BF16: 512 MiB of weights > 256 MiB SRAM, so they stream from LPDDR5.
-    # DRAM = 536,870,912 (W) + 32,768 (x) B / (204.8e9 * 0.95) = 2.759579 ms; + 1 us launch
+    # DRAM = 536,870,912 (W) + 32,768 (x) + 32,768 (y, the graph's output) B / (204.8e9 * 0.95)
+    #      = 2.759747 ms; + 1 us launch
     p, r = run(linear_graph(1, 16384, 16384), "mtia-200")
     (op,) = r.ops
     assert op.bound == "memory"
-    assert op.dram_bytes == 16384 * 16384 * 2 + 16384 * 2
-    assert op.time_s == pytest.approx((16384 * 16384 * 2 + 16384 * 2) / (204.8e9 * 0.95) + 1e-6, rel=1e-9)
+    assert op.dram_bytes == 16384 * 16384 * 2 + 2 * 16384 * 2
+    assert op.time_s == pytest.approx((16384 * 16384 * 2 + 2 * 16384 * 2) / (204.8e9 * 0.95) + 1e-6, rel=1e-9)
     # the same GEMV whose weights fit in SRAM (8192^2 * 2 B = 128 MiB) is served from SRAM: much faster
     _, r2 = run(linear_graph(1, 8192, 8192), "mtia-200")
-    assert r2.ops[0].dram_bytes == 8192 * 2 and r2.latency_s < r.latency_s / 3
+    assert r2.ops[0].dram_bytes == 2 * 8192 * 2 and r2.latency_s < r.latency_s / 3
 
 
 def test_tile_and_wave_quantisation_by_hand():

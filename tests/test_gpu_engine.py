@@ -19,34 +19,73 @@ def attention_program(chip="h100-sxm-80gb", s=4096):
     return compile(g, load_chip(chip), CompileOptions(dtype="bf16"))
 
 
-def test_prefill_attention_runs_at_the_flashattention3_figure():
-    # FlashAttention-3 (arXiv 2407.08608): 740 TFLOPS BF16 on H100 = 75% of 989. A causal 4096-token
-    # prefill, 32 query heads over 8 KV heads, hd 128: flops = 4 * 32 * 128 * 4096*4097/2
+def attention_graph_program(b, h, hkv, s, causal, chip="h100-sxm-80gb"):
+    t = {"q": TensorSpec((b, h, s, 128), "bf16", "input"), "k": TensorSpec((b, hkv, s, 128), "bf16", "input"),
+         "v": TensorSpec((b, hkv, s, 128), "bf16", "input"), "o": TensorSpec((b, h, s, 128), "bf16")}
+    g = Graph("a", t, [Node("attn", "attention", ["q", "k", "v"], ["o"], {"causal": causal})], ["q", "k", "v"], ["o"])
+    return compile(g, load_chip(chip), CompileOptions(dtype="bf16"))
+
+
+def test_long_causal_prefill_runs_at_the_measured_attention_rate():
+    # TensorRT-LLM's stack runs fused attention at 0.62 of the BF16 peak (fitted to cuDNN attention
+    # measured on an H100). Causal 4096-token prefill, 32 query heads over 8 KV heads, hd 128:
+    # flops = 4 * 32 * 128 * 4096*4097/2 = 137,472,507,904. Work items: 8 KV heads x 16384 packed
+    # rows / 128 = 1024 over 132 SMs; the even share (1.04e9 flops per SM) beats the longest item
+    # (128 rows x 4096 keys x 2 x 256 = 2.7e8), so time = flops / (989e12 * 0.62) = 224.2 us.
     p = attention_program()
     (op,) = GPUEngine(p).run(**META).ops
     flops = 4 * 32 * 128 * (4096 * 4097 // 2)
-    tile = min(m.efficiency for m in p.kernels[0].mappings)
-    assert op.compute_s == pytest.approx(flops / (989e12 * 0.75 * tile), rel=1e-9)
+    assert op.compute_s == pytest.approx(flops / (989e12 * 0.62), rel=1e-9)
+    assert op.compute_s == pytest.approx(224.2e-6, rel=1e-3)
     assert op.bound == "compute" and op.time_s >= op.roofline_s
+
+
+def test_short_prefill_is_bound_by_its_longest_work_item_causal_or_not():
+    # B=1, 8 heads, S=1024: 8 x 1024/128 = 64 work items on 132 SMs, one wave. Each SM's item is
+    # 128 rows x 1024 keys x 2 x (128 + 128) = 67,108,864 flops at 989e12 * 0.62 / 132 flop/s
+    # = 14.45 us. A causal mask halves the flops but not the last query block, which sees every
+    # key: measured on the H100, cuDNN took 22.0 us causal and 20.7 us without the mask.
+    t = {}
+    for causal in (False, True):
+        (op,) = GPUEngine(attention_graph_program(1, 8, 8, 1024, causal)).run(**META).ops
+        t[causal] = op.compute_s
+    assert t[False] == pytest.approx(67_108_864 * 132 / (989e12 * 0.62), rel=1e-9)
+    assert t[True] == pytest.approx(t[False], rel=1e-9)
+    # many waves: the causal kernel approaches half the non-causal time. Non-causal: 4096 equal items
+    # on 132 SMs take 32 waves (31.03 of work), causal ones share evenly: ratio (1/2) * 31.03/32 = 0.485
+    (nc,) = GPUEngine(attention_graph_program(1, 32, 32, 16384, False)).run(**META).ops
+    (c,) = GPUEngine(attention_graph_program(1, 32, 32, 16384, True)).run(**META).ops
+    assert c.compute_s / nc.compute_s == pytest.approx(0.5 * 16384 * 16385 / 16384**2 * (4096 / 132) / 32, rel=1e-6)
 
 
 def test_stacks_differ_where_software_differs():
     p = attention_program()
     trt = GPUEngine(p, stack="tensorrt-llm").run(**META)
-    eager = GPUEngine(p, stack="pytorch-eager").run(**META)  # FlashAttention-2 at ~35% of peak
-    assert eager.latency_s > 2 * trt.latency_s
-    assert eager.ops[0].overhead_s == pytest.approx(1e-5)
+    eager = GPUEngine(p, stack="pytorch-eager").run(**META)  # FlashAttention-2: 0.33 of peak measured
+    assert trt.ops[0].compute_s * 0.62 == pytest.approx(eager.ops[0].compute_s * 0.33, rel=1e-9)
+    assert eager.ops[0].overhead_s == pytest.approx(9.7e-6)  # eager launches, measured on the H100
+    assert trt.ops[0].overhead_s == pytest.approx(1.08e-6)  # CUDA-graph replay, measured
     with pytest.raises(ValueError, match="unknown software stack 'nope'"):
         GPUEngine(p, stack="nope")
 
 
-def test_non_attention_kernels_match_the_analytical_engine_up_to_launch_cost():
+def test_gpu_engine_differs_from_the_analytical_engine_only_where_gpu_kernels_were_measured_to():
     a = mtiasim.simulate("llama2-7b", chip="h100-sxm-80gb", seq_len=256)
     g = mtiasim.simulate("llama2-7b", chip="h100-sxm-80gb", seq_len=256, engine="gpu")
+    gemms = 0
     for x, y in zip(a.ops, g.ops):
-        if x.op != "attention":
-            assert y.compute_s == pytest.approx(x.compute_s) and y.memory_s == pytest.approx(x.memory_s)
-    assert g.engine == "gpu"
+        if x.op == "attention":
+            continue
+        assert y.compute_s == pytest.approx(x.compute_s)  # same tile/wave model, same base efficiency
+        if x.flops and x.gemm_efficiency is not None:  # a GEMM: weights stream at 0.72 of HBM, not 0.90
+            gemms += 1
+            assert y.memory_s >= x.memory_s
+            hidden = min(y.compute_s, y.memory_s)  # 10% of the shorter term is not hidden
+            assert y.time_s == pytest.approx(max(y.compute_s, y.memory_s) + 0.1 * hidden + 1.08e-6)
+        else:  # pointwise and normalisation kernels stream like a copy, as measured
+            assert y.memory_s == pytest.approx(x.memory_s)
+            assert y.time_s == pytest.approx(max(y.compute_s, y.memory_s) + 1.08e-6)
+    assert gemms >= 4 * 32 and g.engine == "gpu"
 
 
 def test_gpu_engine_refuses_pe_grid_chips():

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mtiasim.chips.schema import ChipSpec
 
-Status = Literal["published", "derived", "estimate"]
+Status = Literal["published", "measured", "derived", "estimate"]
 
 
 class CalValue(BaseModel):
@@ -36,11 +36,14 @@ class Fraction(CalValue):
 
 
 class GemmPoint(BaseModel):
-    """A measured GEMM efficiency: ``measured_fraction`` of dense peak at ``shape`` = [M, N, K]."""
+    """A measured GEMM efficiency: ``measured_fraction`` of dense peak at ``shape`` = [M, N, K].
+
+    Without a shape, ``measured_fraction`` is the base efficiency itself: fitted over a grid of
+    measured shapes after each shape's tile/wave efficiency was divided out."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     measured_fraction: float = Field(gt=0, le=1)
-    shape: tuple[int, int, int]
+    shape: tuple[int, int, int] | None = None
     source: str
     status: Status = "published"
     note: str | None = None

@@ -331,6 +331,44 @@ def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with 
         out.print(t)
 
 
+@app.command("kernels")
+def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip with kernel measurements "
+                                         "(data/calibration/measured/)."),
+                rows: bool = typer.Option(False, "--rows", help="Every kernel, not only the totals per kind."),
+                as_json: bool = typer.Option(False, "--json")):
+    """How far the GPU engine's kernel predictions are from kernels measured on a real GPU
+    (GEMMs by dtype, attention prefill and decode, streaming kernels, convolutions)."""
+    from rich.table import Table
+
+    from mtiasim.engines.measured import check, load, summary
+
+    try:
+        checks, env = check(chip), load(chip)["env"]
+    except ValueError as e:
+        _fail(e)
+    per_kind = summary(checks)
+    if as_json:
+        _dump({"chip": chip, "env": env, "by_kind": per_kind,
+               "by_kernel": [{"kind": c.kind, "kernel": c.label, "measured_s": c.measured_s,
+                              "predicted_s": c.predicted_s, "error_pct": c.error_pct} for c in checks]})
+        return
+    if rows:
+        t = Table(title=f"kernels on {chip}")
+        for col in ("kind", "kernel", "measured", "predicted", "error"):
+            t.add_column(col)
+        for c in checks:
+            t.add_row(c.kind, c.label, f"{c.measured_s * 1e6:.1f} us", f"{c.predicted_s * 1e6:.1f} us",
+                      f"{c.error_pct:+.1f}%")
+        out.print(t)
+    t = Table(title=f"GPU engine vs {env['gpu']} (driver {env['nvidia_smi'].get('driver_version', '?')}, "
+                    f"torch {env['torch']})")
+    for col in ("kind", "kernels", "MAPE", "median APE", "mean signed error"):
+        t.add_column(col)
+    for kind, s in per_kind.items():
+        t.add_row(kind, str(s["n"]), f"{s['mape_pct']:.1f}%", f"{s['median_ape_pct']:.1f}%", f"{s['bias_pct']:+.1f}%")
+    out.print(t)
+
+
 def main() -> None:
     app()
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mtiasim.units import UnitError, parse_quantity
 
-Status = Literal["published", "derived", "estimate", "unknown"]
+Status = Literal["published", "measured", "derived", "estimate", "unknown"]
 
 #: Data types a compute engine may support. ``mx8``/``mx4`` are OCP microscaling formats.
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "mx8", "mx4", "fp4", "int4")

@@ -1,12 +1,18 @@
 """Memory placement: what lives in on-chip SRAM and what streams from DRAM.
 
 Policy (ISCA'25 section 5.4's LLS/LLC autotune, simplified):
-1. Weights (parameters of non-embedding ops) are pinned in SRAM first-fit-decreasing, within
+1. Weights (parameters of non-embedding ops) are pinned in a software-managed SRAM (MTIA's
+   LLS/LLC, a scratchpad) first-fit-decreasing, within
    the SRAM left after reserving room for the largest kernel's activations (at most half the
    SRAM, so activation-heavy graphs still pin some weights; a policy choice, like the LLS/LLC
    split a user tunes). Pinned weights are read from SRAM on every run; the rest stream from
-   DRAM once per run.
-2. Activations whose size fits the activation reserve live in SRAM; larger ones go to DRAM.
+   DRAM once per run. A hardware-managed cache (a GPU's L2, AMD's Infinity Cache) pins nothing:
+   a model's weights pass through it once per run and are evicted by the next layer's, so they
+   stream from DRAM (measured: back-to-back GEMMs on an H100 stream their weights at the same rate
+   whatever their size, ``data/calibration/measured``).
+2. Activations whose size fits the activation reserve live in SRAM; larger ones go to DRAM, and
+   so do the graph's outputs, which leave the program (measured: an L2-sized copy on an H100
+   runs at HBM speed, not L2 speed).
 3. Embedding tables: a table that fits the SRAM left over is served from SRAM; otherwise a
    fraction ``max(sparse_sram_hit_fraction, free/table)`` of its row reads hit SRAM (hot rows,
    LLC) and the rest are random DRAM reads.
@@ -21,6 +27,8 @@ from mtiasim.chips.schema import ChipSpec
 from mtiasim.compiler.program import Kernel, Traffic
 from mtiasim.graph.ir import Graph
 
+SOFTWARE_MANAGED = ("llc_lls", "scratchpad")
+
 
 def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, str], cal: ChipCalibration,
          pin_weights: bool) -> tuple[float, float]:
@@ -34,13 +42,14 @@ def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, st
     weights = sorted(((graph.tensors[t].nbytes, t) for t in graph.params() if t not in gathered), reverse=True)
     pinned: set[str] = set()
     free = sram - reserve
-    if pin_weights:
+    if pin_weights and chip.sram is not None and chip.sram.kind in SOFTWARE_MANAGED:
         for size, t in weights:
             if size <= free:
                 pinned.add(t)
                 free -= size
     pinned_bytes = sram - reserve - free
 
+    outputs = set(graph.outputs)  # the program's results leave it through DRAM
     for k in kernels:
         tr = Traffic()
         if k.on_host:
@@ -63,8 +72,9 @@ def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, st
             else:
                 tr.dram_bytes += b
         for t, b in k.work.bytes_written.items():
-            spec = graph.tensors[base.get(t, t)]
-            if spec.kind == "activation" and spec.nbytes <= reserve:
+            root = base.get(t, t)
+            spec = graph.tensors[root]
+            if spec.kind == "activation" and spec.nbytes <= reserve and root not in outputs:
                 tr.sram_bytes += b
             else:
                 tr.dram_bytes += b

@@ -32,14 +32,15 @@ class KernelTime:
     overhead_s: float
     roofline_s: float
     gemm_efficiency: float | None
+    stall_s: float = 0.0  # the part of compute and memory that does not overlap (GPU engine)
 
     @property
     def time_s(self) -> float:
-        return max(self.compute_s, self.memory_s) + self.overhead_s
+        return max(self.compute_s, self.memory_s) + self.stall_s + self.overhead_s
 
     @property
     def bound(self) -> str:
-        if self.overhead_s > max(self.compute_s, self.memory_s):
+        if self.overhead_s + self.stall_s > max(self.compute_s, self.memory_s):
             return "overhead"
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
@@ -72,6 +73,9 @@ class AnalyticalEngine:
         """Measured GEMM efficiency divided by the tile/wave efficiency of the measured shape."""
         if dtype not in self._base:
             pt = self.cal.gemm_point(dtype)
+            if pt.shape is None:
+                self._base[dtype] = pt.measured_fraction
+                return pt.measured_fraction
             m, n, k = pt.shape
             shape_eff = map_gemm_on(self.chip, GemmShape(1, m, n, k)).efficiency
             self._base[dtype] = min(1.0, pt.measured_fraction / shape_eff)
@@ -87,38 +91,61 @@ class AnalyticalEngine:
         return self.chip.peak(dtype) or max(s.value for s in self.chip.compute.peak_ops_per_s.values() if s.value)
 
     # -- per kernel -----------------------------------------------------------------------
+    def matrix_s(self, k: Kernel, clock_scale: float) -> float:
+        """Time of the kernel's matrix (tensor-core / DPE) work at the calibrated efficiencies."""
+        w = k.work
+        if w.matrix_flops <= 0:
+            return 0.0
+        peak = (self.chip.peak(k.compute_dtype) or 0.0) * clock_scale
+        if peak <= 0:
+            raise ValueError(f"chip '{self.chip.name}' has no {k.compute_dtype} matrix peak for kernel '{k.name}'")
+        base = self.base_efficiency(k.compute_dtype)
+        if not k.mappings:
+            return w.matrix_flops / (peak * base)
+        total = sum(m.gemm.flops for m in k.mappings) or w.matrix_flops
+        scale = w.matrix_flops / total
+        return sum(m.gemm.flops * scale / (peak * base * m.efficiency) for m in k.mappings)
+
+    def vector_s(self, k: Kernel, clock_scale: float) -> float:
+        return k.work.vector_flops / (self.vector_peak(k.vector_dtype) * clock_scale * self.cal.vector_efficiency)
+
+    def dram_stream_efficiency(self, k: Kernel) -> float:
+        """Fraction of DRAM bandwidth the kernel's streaming reads and writes reach."""
+        return self.cal.dram_efficiency
+
+    def memory_s(self, k: Kernel) -> float:
+        """DRAM streams, DRAM row gathers and SRAM are timed separately and overlap."""
+        tr, cal = k.traffic, self.cal
+        t_dram = tr.dram_bytes / (self.dram_bw * self.dram_stream_efficiency(k)) + \
+            tr.dram_gather_bytes / (self.dram_bw * cal.gather_dram_efficiency)
+        t_sram = tr.sram_bytes / (self.sram_bw * cal.sram_efficiency) if self.sram_bw else 0.0
+        return max(t_dram, t_sram)
+
+    def roofline_s(self, k: Kernel, clock_scale: float) -> float:
+        w, tr = k.work, k.traffic
+        peak = (self.chip.peak(k.compute_dtype) or 0.0) * clock_scale
+        roof_matrix = w.matrix_flops / peak if w.matrix_flops > 0 else 0.0
+        roof_vector = w.vector_flops / (self.vector_peak(k.vector_dtype) * clock_scale)
+        roof_dram = (tr.dram_bytes + tr.dram_gather_bytes) / self.dram_bw
+        roof_sram = tr.sram_bytes / self.sram_bw if self.sram_bw else 0.0
+        return max(roof_matrix, roof_vector, roof_dram, roof_sram)
+
     def kernel_time(self, k: Kernel, clock_scale: float = 1.0) -> KernelTime:
-        w, tr, cal = k.work, k.traffic, self.cal
+        w, tr = k.work, k.traffic
         if k.on_host:
             host = power_file()
             compute = w.flops / host.host_ops_per_s.value
             memory = tr.host_bytes / self.host_bw if self.host_bw else 0.0
             return KernelTime(compute, memory, host.host_roundtrip_s.value, max(compute, memory), None)
-        peak = (self.chip.peak(k.compute_dtype) or 0.0) * clock_scale
-        t_matrix, roof_matrix, eff = 0.0, 0.0, None
-        if w.matrix_flops > 0:
-            if peak <= 0:
-                raise ValueError(f"chip '{self.chip.name}' has no {k.compute_dtype} matrix peak for kernel '{k.name}'")
-            base = self.base_efficiency(k.compute_dtype)
-            total = sum(m.gemm.flops for m in k.mappings) or w.matrix_flops
-            scale = w.matrix_flops / total
-            t_matrix = sum(m.gemm.flops * scale / (peak * base * m.efficiency) for m in k.mappings) \
-                if k.mappings else w.matrix_flops / (peak * base)
-            roof_matrix = w.matrix_flops / peak
-            eff = roof_matrix / t_matrix
-        vpeak = self.vector_peak(k.vector_dtype) * clock_scale
-        t_vector = w.vector_flops / (vpeak * cal.vector_efficiency)
-        roof_vector = w.vector_flops / vpeak
-        t_dram = tr.dram_bytes / (self.dram_bw * cal.dram_efficiency) + \
-            tr.dram_gather_bytes / (self.dram_bw * cal.gather_dram_efficiency)
-        roof_dram = (tr.dram_bytes + tr.dram_gather_bytes) / self.dram_bw
-        t_sram = tr.sram_bytes / (self.sram_bw * cal.sram_efficiency) if self.sram_bw else 0.0
-        roof_sram = tr.sram_bytes / self.sram_bw if self.sram_bw else 0.0
+        t_matrix = self.matrix_s(k, clock_scale)
+        eff = None
+        if t_matrix > 0:
+            eff = w.matrix_flops / ((self.chip.peak(k.compute_dtype) or 0.0) * clock_scale) / t_matrix
         return KernelTime(
-            compute_s=max(t_matrix, t_vector),
-            memory_s=max(t_dram, t_sram),
-            overhead_s=cal.launch_overhead_s,
-            roofline_s=max(roof_matrix, roof_vector, roof_dram, roof_sram),
+            compute_s=max(t_matrix, self.vector_s(k, clock_scale)),
+            memory_s=self.memory_s(k),
+            overhead_s=self.cal.launch_overhead_s,
+            roofline_s=self.roofline_s(k, clock_scale),
             gemm_efficiency=eff,
         )
 

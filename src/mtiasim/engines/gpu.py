@@ -1,22 +1,28 @@
-"""GPU engine: the analytical model with the GPU-specific parts made explicit per software stack.
+"""GPU engine: the analytical model with the GPU-specific parts fitted to real kernels.
 
-It differs from ``analytical`` where GPUs differ from a generic roofline:
-- fused attention runs at the FlashAttention efficiency of the chosen stack (a fraction of the
-  dense peak of its dtype, from the FlashAttention-3 paper) instead of the GEMM efficiency;
-- the per-kernel launch cost is the stack's (CUDA-graph replay vs eager PyTorch dispatch).
-GEMM tile and wave quantisation over SMs/CUs, HBM efficiency and energy are shared with the
-analytical engine. Calibration: ``data/calibration/gpu.yaml``. Kernel measurements on real GPUs
-are to be added when a device machine is available.
+Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
+- a GEMM (any kernel with matrix work except fused attention) streams its operands from HBM at
+  ``gemm_dram_efficiency`` of the bandwidth, lower than a plain copy reaches (``dram_efficiency``);
+- compute and memory overlap imperfectly: time = max(c, m) + (1 - overlap) x min(c, m);
+- fused attention runs at the stack's attention efficiency (a fraction of the dense peak of its
+  dtype) instead of the GEMM efficiency, still bounded by its tile shapes;
+- each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
+- a stack can scale the GEMM efficiency of a dtype (eager PyTorch's INT8 goes through
+  cuBLASLt's slower INT8 kernels).
+Calibration: ``data/calibration/gpu.yaml`` (kernel terms, stacks) and ``analytical.yaml`` (base
+GEMM efficiency per chip and dtype), fitted to ``data/calibration/measured/`` and checked against
+every measured kernel by ``mtiasim.engines.measured``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mtiasim.calibration import CalValue, Fraction
 from mtiasim.compiler.program import Kernel, Program
@@ -27,10 +33,19 @@ class Stack(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     attention_fraction_of_peak: dict[str, Fraction]
     launch_overhead_s: CalValue
+    gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
+
+
+class KernelCalibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gemm_dram_efficiency: Fraction
+    compute_memory_overlap: Fraction
+    isolated_kernel_floor_s: CalValue
 
 
 class GPUCalibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    kernel: KernelCalibration
     default_stack: str
     stacks: dict[str, Stack]
 
@@ -39,6 +54,13 @@ class GPUCalibration(BaseModel):
 def gpu_calibration() -> GPUCalibration:
     raw = yaml.safe_load(resources.files("mtiasim").joinpath("data", "calibration", "gpu.yaml").read_text())
     return GPUCalibration.model_validate(raw)
+
+
+Q_BLOCK = 128  # query rows per FlashAttention work item (FA2, FA3 and cuDNN's Hopper kernels)
+
+
+def is_gemm(k: Kernel) -> bool:
+    return k.work.matrix_flops > 0 and k.op != "attention"
 
 
 class GPUEngine(AnalyticalEngine):
@@ -54,20 +76,55 @@ class GPUEngine(AnalyticalEngine):
         if name not in cal.stacks:
             raise ValueError(f"unknown software stack '{name}'; calibrated: {', '.join(cal.stacks)}")
         self.stack_name, self.stack = name, cal.stacks[name]
+        self.kcal = cal.kernel
+
+    def attention_s(self, k: Kernel, rate: float) -> float:
+        """Fused attention at ``rate`` flop/s over the whole chip, scheduled as FlashAttention does.
+
+        A prefill (more than one query row per head group) is cut into work items of ``Q_BLOCK``
+        query rows (GQA packs a KV head's query heads into the rows); each item walks every key it
+        may see, and items run one per SM. Equal items (non-causal) take whole waves; causal
+        items shrink along the diagonal and the scheduler runs the longest first, so the kernel
+        takes the larger of an even share of all work and the longest item. A decode step (one
+        row per head) splits the keys across SMs instead (FlashDecoding), so its tile shapes bound it.
+        """
+        node = k.nodes[0]
+        tensors = self.p.graph.tensors
+        q, kk = (tensors[t].shape for t in node.inputs[:2])
+        b, h, s, _ = q
+        hkv, keys = kk[1], kk[2]
+        units = int(self.chip.compute.units.value or 1)
+        rows = s * (h // hkv)
+        if s <= 1 or not k.mappings:
+            tile_eff = min((m.efficiency for m in k.mappings), default=1.0)
+            return k.work.matrix_flops / (rate * tile_eff)
+        items = b * hkv * math.ceil(rows / Q_BLOCK)
+        per_row_key = sum(g.gemm.flops for g in k.mappings) / (b * hkv * rows * keys)  # 2 (hd + hdv)
+        longest = min(Q_BLOCK, rows) * keys * per_row_key
+        if node.attrs.get("causal", False):
+            per_sm = max(k.work.matrix_flops / units, longest)  # matrix_flops has the mask applied
+        else:
+            per_sm = math.ceil(items / units) * longest
+        return per_sm * units / rate
+
+    def matrix_s(self, k: Kernel, clock_scale: float) -> float:
+        if k.op == "attention" and k.work.matrix_flops > 0:
+            frac = self.stack.attention_fraction_of_peak.get(k.compute_dtype)
+            peak = (self.chip.peak(k.compute_dtype) or 0.0) * clock_scale
+            if frac is not None and peak > 0:
+                return self.attention_s(k, peak * frac.value)
+        t = super().matrix_s(k, clock_scale)
+        scale = self.stack.gemm_efficiency_scale.get(k.compute_dtype)
+        return t / scale.value if scale is not None and is_gemm(k) else t
+
+    def dram_stream_efficiency(self, k: Kernel) -> float:
+        return self.kcal.gemm_dram_efficiency.value if is_gemm(k) else self.cal.dram_efficiency
 
     def kernel_time(self, k: Kernel, clock_scale: float = 1.0) -> KernelTime:
         t = super().kernel_time(k, clock_scale)
         if k.on_host:
             return t
-        t = replace(t, overhead_s=self.stack.launch_overhead_s.value)
-        if k.op != "attention" or k.work.matrix_flops <= 0:
-            return t
-        frac = self.stack.attention_fraction_of_peak.get(k.compute_dtype)
-        peak = (self.chip.peak(k.compute_dtype) or 0.0) * clock_scale
-        if frac is None or peak <= 0:
-            return t
-        # the tile shapes still bound it: a decode step's few query rows waste most of a tile
-        tile_eff = min((m.efficiency for m in k.mappings), default=1.0)
-        t_matrix = k.work.matrix_flops / (peak * frac.value * tile_eff)
-        t_vector = k.work.vector_flops / (self.vector_peak(k.vector_dtype) * clock_scale * self.cal.vector_efficiency)
-        return replace(t, compute_s=max(t_matrix, t_vector), gemm_efficiency=k.work.matrix_flops / peak / t_matrix)
+        stall = 0.0
+        if k.work.matrix_flops > 0:
+            stall = (1.0 - self.kcal.compute_memory_overlap.value) * min(t.compute_s, t.memory_s)
+        return replace(t, overhead_s=self.stack.launch_overhead_s.value, stall_s=stall)

@@ -1,0 +1,151 @@
+"""Kernel measurements on real GPUs, and the GPU engine's predictions of each of them.
+
+``data/calibration/measured/<chip>.json`` holds kernels timed by ``benchmarks/gpu_kernels.py`` on
+a real GPU (which one, its driver and torch version are in the file's ``env``). ``check(chip)``
+rebuilds every measured kernel as a one-op graph, compiles it for the preset chip, times it with
+the GPU engine under the software stack that ran it, and returns prediction beside measurement.
+
+The measurements time each kernel alone (CUDA events around one launch, L2 flushed before it), so
+a prediction here is the kernel's body (compute and memory, their imperfect overlap) plus the
+floor an isolated launch carries: the calibrated ``isolated_kernel_floor_s`` for tensor-core
+kernels, the measured event time of a tiny kernel for the others. Serving runs use the stack's
+CUDA-graph launch cost instead (``engines/gpu.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from mtiasim.chips import load_chip
+from mtiasim.compiler import CompileOptions, compile
+from mtiasim.engines.gpu import GPUEngine, gpu_calibration
+from mtiasim.graph import Graph, Node, TensorSpec
+
+# which software stack's kernels each measurement ran
+GEMM_STACK = "pytorch-eager"  # cuBLAS / cuBLASLt through torch.mm, torch._scaled_mm, torch._int_mm
+ATTENTION_STACK = {"cudnn": "tensorrt-llm", "flash": "pytorch-eager"}
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    kind: str
+    label: str
+    measured_s: float
+    predicted_s: float
+
+    @property
+    def error_pct(self) -> float:
+        return (self.predicted_s - self.measured_s) / self.measured_s * 100.0
+
+
+def measured_chips() -> list[str]:
+    d = resources.files("mtiasim").joinpath("data", "calibration", "measured")
+    return sorted(p.name.removesuffix(".json") for p in d.iterdir() if p.name.endswith(".json"))
+
+
+@lru_cache(maxsize=8)
+def load(chip: str) -> dict[str, Any]:
+    if chip not in measured_chips():
+        raise ValueError(f"no kernel measurements for '{chip}'; measured: {', '.join(measured_chips())}")
+    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", f"{chip}.json")
+    return json.loads(path.read_text())
+
+
+def _predict(graph: Graph, chip: str, stack: str, dtype: str, floor_s: float, act_dtype: str | None = None) -> float:
+    p = compile(graph, load_chip(chip), CompileOptions(dtype=dtype, act_dtype=act_dtype))
+    eng = GPUEngine(p, stack=stack)
+    total = 0.0
+    for k in p.kernels:
+        t = eng.kernel_time(k)
+        total += t.time_s - t.overhead_s + floor_s
+    return total
+
+
+def _gemm(r: dict) -> Graph:
+    m, n, k = r["m"], r["n"], r["k"]
+    t = {"x": TensorSpec((m, k), "fp32", "input"), "w": TensorSpec((n, k), "fp32", "param"),
+         "y": TensorSpec((m, n), "fp32")}
+    return Graph("gemm", t, [Node("fc", "linear", ["x", "w"], ["y"])], ["x"], ["y"])
+
+
+def _attention(b: int, hq: int, hkv: int, s: int, kv: int, d: int, causal: bool) -> Graph:
+    t = {"q": TensorSpec((b, hq, s, d), "bf16", "input"), "k": TensorSpec((b, hkv, kv, d), "bf16", "input"),
+         "v": TensorSpec((b, hkv, kv, d), "bf16", "input"), "o": TensorSpec((b, hq, s, d), "bf16")}
+    return Graph("attn", t, [Node("attn", "attention", ["q", "k", "v"], ["o"], {"causal": causal})],
+                 ["q", "k", "v"], ["o"])
+
+
+def _pointwise(op: str, shape: tuple[int, ...]) -> Graph:
+    t = {"x": TensorSpec(shape, "bf16", "input"), "y": TensorSpec(shape, "bf16")}
+    inputs = ["x"]
+    if op == "layernorm":
+        t["w"] = TensorSpec((shape[-1],), "bf16", "param")
+        t["b"] = TensorSpec((shape[-1],), "bf16", "param")
+        inputs = ["x", "w", "b"]
+    return Graph(op, t, [Node(op, op, inputs, ["y"])], ["x"], ["y"])
+
+
+def _conv(r: dict) -> Graph:
+    n, cin, cout, hw, ks, st = r["batch"], r["c_in"], r["c_out"], r["hw"], r["kernel"], r["stride"]
+    ho = (hw + 2 * (ks // 2) - ks) // st + 1
+    t = {"x": TensorSpec((n, cin, hw, hw), "fp16", "input"), "w": TensorSpec((cout, cin, ks, ks), "fp16", "param"),
+         "y": TensorSpec((n, cout, ho, ho), "fp16")}
+    node = Node("conv", "conv2d", ["x", "w"], ["y"], {"stride": st, "padding": ks // 2})
+    return Graph("conv", t, [node], ["x"], ["y"])
+
+
+def check(chip: str = "h100-sxm-80gb", min_bytes: float = 1 << 20) -> list[KernelCheck]:
+    """Prediction beside measurement for every measured GEMM, attention (prefill and decode),
+    streaming pointwise/normalisation kernel (those moving at least ``min_bytes``: below that the
+    launch floor is the whole kernel) and convolution of ``chip``."""
+    data = load(chip)
+    recs = [r for r in data["records"] if "error" not in r]
+    tiny = [r["time_s"] for r in recs if r["kind"] == "launch" and r["mode"] == "event_single"]
+    launch_floor = statistics.median(tiny) if tiny else gpu_calibration().kernel.isolated_kernel_floor_s.value
+    floor = gpu_calibration().kernel.isolated_kernel_floor_s.value
+    out: list[KernelCheck] = []
+    for r in recs:
+        kind = r["kind"]
+        if kind == "gemm":
+            dt = r["dtype"]
+            pred = _predict(_gemm(r), chip, GEMM_STACK, dt, floor, act_dtype=dt if dt != "bf16" else None)
+            label = f"{dt} {r['layer']} M={r['m']} N={r['n']} K={r['k']}"
+        elif kind == "attention_prefill" and r["backend"] in ATTENTION_STACK:
+            g = _attention(r["batch"], r["heads"], r["heads"], r["seq"], r["seq"], r["head_dim"], r["causal"])
+            pred = _predict(g, chip, ATTENTION_STACK[r["backend"]], "bf16", floor)
+            label = (f"{r['backend']} B={r['batch']} H={r['heads']} S={r['seq']} D={r['head_dim']}"
+                     f"{' causal' if r['causal'] else ''}")
+        elif kind == "attention_decode" and r["backend"] in ATTENTION_STACK:
+            g = _attention(r["batch"], r["q_heads"], r["kv_heads"], 1, r["kv_len"], r["head_dim"], False)
+            pred = _predict(g, chip, ATTENTION_STACK[r["backend"]], "bf16", floor)
+            label = f"{r['backend']} B={r['batch']} Hq={r['q_heads']} Hkv={r['kv_heads']} KV={r['kv_len']}"
+        elif kind == "memory" and r["op"] in ("copy", "pointwise_silu", "layer_norm") and r["bytes"] >= min_bytes:
+            shape = (r["tokens"], r["hidden"]) if r["op"] == "layer_norm" else (r["bytes"] // 2,)
+            op = {"copy": "cast", "pointwise_silu": "silu", "layer_norm": "layernorm"}[r["op"]]
+            pred = _predict(_pointwise(op, shape), chip, GEMM_STACK, "bf16", launch_floor)
+            label = f"{r['op']} {r['bytes'] / 2**20:.0f} MiB"
+        elif kind == "conv2d":
+            pred = _predict(_conv(r), chip, GEMM_STACK, "fp16", floor)
+            label = f"conv {r['c_in']}->{r['c_out']} {r['hw']}x{r['hw']} k{r['kernel']} s{r['stride']} N={r['batch']}"
+        else:
+            continue
+        out.append(KernelCheck(kind if kind != "gemm" else f"gemm_{r['dtype']}", label, r["time_s"], pred))
+    return out
+
+
+def summary(checks: list[KernelCheck]) -> dict[str, dict[str, float]]:
+    """Per kind: count, MAPE, median APE and mean signed error, in percent."""
+    kinds: dict[str, list[KernelCheck]] = {}
+    for c in checks:
+        kinds.setdefault(c.kind, []).append(c)
+    out = {}
+    for kind, cs in sorted(kinds.items()):
+        ape = [abs(c.error_pct) for c in cs]
+        out[kind] = {"n": len(cs), "mape_pct": statistics.mean(ape), "median_ape_pct": statistics.median(ape),
+                     "bias_pct": statistics.mean(c.error_pct for c in cs)}
+    return out
