@@ -149,3 +149,23 @@ def test_determinism():
     a = mtiasim.simulate("dlrm-v2", chip="mtia-300", batch=512).to_dict()
     b = mtiasim.simulate("dlrm-v2", chip="mtia-300", batch=512).to_dict()
     assert a == b
+
+
+def test_kv_cache_concat_copies_the_cache_unless_appended_in_place():
+    # llama2-7b decode, B=32, 512 cached tokens: each of 32 layers concatenates K and V caches of
+    # 32 x 512 x 32 heads x 128 x 2 B = 134,217,728 B each (too big for the L2 reserve). In place
+    # (paged KV) only the new rows are written and attention reads the cache from DRAM; as a copy
+    # (eager torch.cat) each concat also reads the cache and writes the copy, which attention then
+    # reads instead: 32 layers x 2 (K, V) x 2 x 134,217,728 B = 17,179,869,184 B more DRAM traffic.
+    from mtiasim.compiler import CompileOptions
+
+    kw = dict(chip="h100-sxm-80gb", batch=32, phase="decode", kv_len=512, dtype="bf16")
+    paged = mtiasim.simulate("llama2-7b", options=CompileOptions(dtype="bf16"), **kw)
+    copy = mtiasim.simulate("llama2-7b", options=CompileOptions(dtype="bf16", kv_in_place=False), **kw)
+    extra = sum(o.dram_bytes for o in copy.ops) - sum(o.dram_bytes for o in paged.ops)
+    assert extra == pytest.approx(32 * 2 * 2 * 134_217_728, rel=0.01)
+    assert copy.latency_s > paged.latency_s
+    # the cache an append writes into lives in DRAM: attention reads it from there however small
+    small = mtiasim.simulate("llama2-7b", options=CompileOptions(dtype="bf16"), **{**kw, "batch": 1})
+    attn = next(o for o in small.ops if o.op == "attention")
+    assert attn.dram_bytes >= 2 * 512 * 32 * 128 * 2  # K and V of one layer, 4 MiB each

@@ -1,4 +1,4 @@
-"""The GPU engine against real kernels measured on an H100 (data/calibration/measured/h100-sxm-80gb.json).
+"""The GPU engine against real kernels measured on an H100 (data/calibration/measured/kernels/h100-sxm-80gb.json).
 
 Each measured kernel is rebuilt as a one-op graph, compiled for the preset and timed by the GPU
 engine (``mtiasim.engines.measured``). The bounds below are the engine's error on those
@@ -7,7 +7,7 @@ measurements; a change to the model or its calibration that makes it worse fails
 
 import pytest
 
-from mtiasim.engines.measured import check, load, measured_chips, summary
+from mtiasim.engines.measured import check, check_models, load, measured_chips, summary
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,19 @@ def test_the_model_is_not_biased_for_gemms(checks):
     s = summary(checks)
     for kind in ("gemm_bf16", "gemm_fp8"):
         assert abs(s[kind]["bias_pct"]) < 3
+
+
+def test_whole_model_replayed_from_a_cuda_graph_end_to_end():
+    # The zoo's llama2-7b module itself, run by PyTorch on the H100 (benchmarks/gpu_e2e.py) and
+    # compiled as PyTorch runs it (one kernel per op, torch.cat copying the KV cache).
+    s = summary(check_models("h100-sxm-80gb"))
+    dec = {c.label: c for c in check_models("h100-sxm-80gb") if c.kind == "model_decode_cuda_graph"}
+    # one sequence: weight streaming dominates and is predicted within 10%
+    assert abs(dec["llama2-7b decode B=1 KV=512"].error_pct) < 10
+    # The engine is optimistic, never pessimistic, for PyTorch's unfused module: the profile
+    # (data/calibration/measured/profiles) shows its non-vectorised cat and strided elementwise
+    # kernels at 0.4-0.55 of HBM bandwidth where the engine assumes a copy's 0.9. Bounds: today's
+    # error, so a change that widens it fails.
+    for kind, worst in (("model_prefill_cuda_graph", 30), ("model_decode_cuda_graph", 45)):
+        assert -worst < s[kind]["bias_pct"] < 0, (kind, s[kind])
+        assert s[kind]["n"] == 5

@@ -24,6 +24,8 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     notes: list[str] = []
 
     appends, cached_keys, cache_inputs = find_kv_appends(graph)
+    if not options.kv_in_place:
+        appends = set()  # each concat stays a copy of the whole cache plus the new rows
     graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype, options.op_dtypes,
                           options.act_dtype)
     nodes = []

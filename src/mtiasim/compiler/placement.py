@@ -12,7 +12,8 @@ Policy (ISCA'25 section 5.4's LLS/LLC autotune, simplified):
    whatever their size, ``data/calibration/measured``).
 2. Activations whose size fits the activation reserve live in SRAM; larger ones go to DRAM, and
    so do the graph's outputs, which leave the program (measured: an L2-sized copy on an H100
-   runs at HBM speed, not L2 speed).
+   runs at HBM speed, not L2 speed). A KV-cache append's output is the cache itself: it is read
+   from and written to DRAM, whatever its size.
 3. Embedding tables: a table that fits the SRAM left over is served from SRAM; otherwise a
    fraction ``max(sparse_sram_hit_fraction, free/table)`` of its row reads hit SRAM (hot rows,
    LLC) and the rest are random DRAM reads.
@@ -50,6 +51,8 @@ def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, st
     pinned_bytes = sram - reserve - free
 
     outputs = set(graph.outputs)  # the program's results leave it through DRAM
+    # a KV-cache append writes into the cache, which lives in DRAM: what reads it reads DRAM
+    caches = {base.get(o, o) for k in kernels for n in k.nodes if n.op == "kv_append" for o in n.outputs}
     for k in kernels:
         tr = Traffic()
         if k.on_host:
@@ -67,14 +70,14 @@ def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, st
                 tr.dram_gather_bytes += b * (1.0 - hit)
             elif root in pinned:
                 tr.sram_bytes += b
-            elif spec.kind == "activation" and spec.nbytes <= reserve:
+            elif spec.kind == "activation" and spec.nbytes <= reserve and root not in caches:
                 tr.sram_bytes += b
             else:
                 tr.dram_bytes += b
         for t, b in k.work.bytes_written.items():
             root = base.get(t, t)
             spec = graph.tensors[root]
-            if spec.kind == "activation" and spec.nbytes <= reserve and root not in outputs:
+            if spec.kind == "activation" and spec.nbytes <= reserve and root not in outputs | caches:
                 tr.sram_bytes += b
             else:
                 tr.dram_bytes += b

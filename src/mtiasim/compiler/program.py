@@ -26,6 +26,9 @@ class CompileOptions(BaseModel):
                                       description="per-op precision, e.g. {'dcn_cross': 'fp16'} (MLPerf DLRM 99.9%)")
     fuse: bool = True
     pin_weights_in_sram: bool = True
+    kv_in_place: bool = Field(default=True, description=(
+        "a KV-cache concat appends the new rows in place (paged KV cache, as serving stacks do); "
+        "False: it copies the whole cache, as eager PyTorch's torch.cat does"))
 
     def model_post_init(self, _: Any) -> None:
         for f, v in [("dtype", self.dtype), ("kv_dtype", self.kv_dtype), ("act_dtype", self.act_dtype)] + [

@@ -4,8 +4,8 @@ Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
 - a GEMM (any kernel with matrix work except fused attention) streams its operands from HBM at
   ``gemm_dram_efficiency`` of the bandwidth, lower than a plain copy reaches (``dram_efficiency``);
 - compute and memory overlap imperfectly: time = max(c, m) + (1 - overlap) x min(c, m);
-- fused attention runs at the stack's attention efficiency (a fraction of the dense peak of its
-  dtype) instead of the GEMM efficiency, still bounded by its tile shapes;
+- fused attention runs at its kernel's efficiency (a fraction of the dense peak of its dtype;
+  the stack names the kernel: cuDNN, FlashAttention-2) under FlashAttention's work-item schedule;
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
 - a stack can scale the GEMM efficiency of a dtype (eager PyTorch's INT8 goes through
   cuBLASLt's slower INT8 kernels).
@@ -22,7 +22,7 @@ from functools import lru_cache
 from importlib import resources
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mtiasim.calibration import CalValue, Fraction
 from mtiasim.compiler.program import Kernel, Program
@@ -31,7 +31,8 @@ from mtiasim.engines.analytical import AnalyticalEngine, KernelTime
 
 class Stack(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    attention_fraction_of_peak: dict[str, Fraction]
+    attention_kernel: str
+    attention_kernel_source: str
     launch_overhead_s: CalValue
     gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
 
@@ -46,8 +47,19 @@ class KernelCalibration(BaseModel):
 class GPUCalibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kernel: KernelCalibration
+    attention_kernels: dict[str, dict[str, Fraction]]
     default_stack: str
     stacks: dict[str, Stack]
+
+    @model_validator(mode="after")
+    def _stacks_name_known_kernels(self) -> GPUCalibration:
+        for name, st in self.stacks.items():
+            if st.attention_kernel not in self.attention_kernels:
+                raise ValueError(f"stacks.{name}.attention_kernel: unknown kernel '{st.attention_kernel}'; "
+                                 f"calibrated: {', '.join(self.attention_kernels)}")
+        if self.default_stack not in self.stacks:
+            raise ValueError(f"default_stack: unknown stack '{self.default_stack}'")
+        return self
 
 
 @lru_cache(maxsize=1)
@@ -66,7 +78,7 @@ def is_gemm(k: Kernel) -> bool:
 class GPUEngine(AnalyticalEngine):
     name = "gpu"
 
-    def __init__(self, program: Program, stack: str | None = None):
+    def __init__(self, program: Program, stack: str | None = None, attention_kernel: str | None = None):
         if program.chip.kind == "pe_grid":
             raise ValueError(f"the gpu engine models GPUs; '{program.chip.name}' is a PE-grid chip "
                              "(use the analytical engine)")
@@ -77,6 +89,10 @@ class GPUEngine(AnalyticalEngine):
             raise ValueError(f"unknown software stack '{name}'; calibrated: {', '.join(cal.stacks)}")
         self.stack_name, self.stack = name, cal.stacks[name]
         self.kcal = cal.kernel
+        kernel = attention_kernel or self.stack.attention_kernel
+        if kernel not in cal.attention_kernels:
+            raise ValueError(f"unknown attention kernel '{kernel}'; calibrated: {', '.join(cal.attention_kernels)}")
+        self.attention_kernel, self.attention_fraction = kernel, cal.attention_kernels[kernel]
 
     def attention_s(self, k: Kernel, rate: float) -> float:
         """Fused attention at ``rate`` flop/s over the whole chip, scheduled as FlashAttention does.
@@ -109,7 +125,7 @@ class GPUEngine(AnalyticalEngine):
 
     def matrix_s(self, k: Kernel, clock_scale: float) -> float:
         if k.op == "attention" and k.work.matrix_flops > 0:
-            frac = self.stack.attention_fraction_of_peak.get(k.compute_dtype)
+            frac = self.attention_fraction.get(k.compute_dtype)
             peak = (self.chip.peak(k.compute_dtype) or 0.0) * clock_scale
             if frac is not None and peak > 0:
                 return self.attention_s(k, peak * frac.value)

@@ -28,7 +28,7 @@ from mtiasim.graph import Graph, Node, TensorSpec
 
 # which software stack's kernels each measurement ran
 GEMM_STACK = "pytorch-eager"  # cuBLAS / cuBLASLt through torch.mm, torch._scaled_mm, torch._int_mm
-ATTENTION_STACK = {"cudnn": "tensorrt-llm", "flash": "pytorch-eager"}
+ATTENTION_KERNEL = {"cudnn": "cudnn", "flash": "flash-attention-2"}  # SDPA backend -> attention kernel
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class KernelCheck:
 
 
 def measured_chips() -> list[str]:
-    d = resources.files("mtiasim").joinpath("data", "calibration", "measured")
+    d = resources.files("mtiasim").joinpath("data", "calibration", "measured", "kernels")
     return sorted(p.name.removesuffix(".json") for p in d.iterdir() if p.name.endswith(".json"))
 
 
@@ -52,13 +52,47 @@ def measured_chips() -> list[str]:
 def load(chip: str) -> dict[str, Any]:
     if chip not in measured_chips():
         raise ValueError(f"no kernel measurements for '{chip}'; measured: {', '.join(measured_chips())}")
-    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", f"{chip}.json")
+    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", "kernels", f"{chip}.json")
     return json.loads(path.read_text())
 
 
-def _predict(graph: Graph, chip: str, stack: str, dtype: str, floor_s: float, act_dtype: str | None = None) -> float:
+@lru_cache(maxsize=8)
+def load_models(chip: str) -> dict[str, Any]:
+    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", "models", f"{chip}.json")
+    if not path.is_file():
+        raise ValueError(f"no whole-model measurements for '{chip}'")
+    return json.loads(path.read_text())
+
+
+# how each end-to-end measurement ran: which stack's kernels and launch costs
+MODEL_STACKS = {"eager_s": "pytorch-eager", "cuda_graph_s": "pytorch-cuda-graph"}
+
+
+def check_models(chip: str = "h100-sxm-80gb") -> list[KernelCheck]:
+    """The zoo models measured end to end on ``chip`` (``benchmarks/gpu_e2e.py``: the very module
+    mtiasim captures, run by PyTorch) beside the GPU engine's prediction. PyTorch runs every op as
+    its own kernel and ``torch.cat`` copies the whole KV cache, so the graph is compiled with
+    fusion off and the KV-cache concat as a copy (``fuse=False, kv_in_place=False``)."""
+    from mtiasim.api import simulate
+
+    out = []
+    for r in load_models(chip)["records"]:
+        kw: dict[str, Any] = {"batch": r["batch"], "phase": r["phase"]}
+        kw.update(seq_len=r["seq_len"]) if r["phase"] == "prefill" else kw.update(kv_len=r["kv_len"])
+        n = r.get("seq_len", r.get("kv_len"))
+        for key, stack in MODEL_STACKS.items():
+            res = simulate(r["model"], chip=chip, engine="gpu", engine_options={"stack": stack},
+                           options=CompileOptions(dtype="bf16", fuse=False, kv_in_place=False), **kw)
+            out.append(KernelCheck(f"model_{r['phase']}_{key.removesuffix('_s')}",
+                                   f"{r['model']} {r['phase']} B={r['batch']} {'S' if r['phase'] == 'prefill' else 'KV'}={n}",
+                                   r[key], res.latency_s))
+    return out
+
+
+def _predict(graph: Graph, chip: str, stack: str, dtype: str, floor_s: float, act_dtype: str | None = None,
+             attention_kernel: str | None = None) -> float:
     p = compile(graph, load_chip(chip), CompileOptions(dtype=dtype, act_dtype=act_dtype))
-    eng = GPUEngine(p, stack=stack)
+    eng = GPUEngine(p, stack=stack, attention_kernel=attention_kernel)
     total = 0.0
     for k in p.kernels:
         t = eng.kernel_time(k)
@@ -115,14 +149,14 @@ def check(chip: str = "h100-sxm-80gb", min_bytes: float = 1 << 20) -> list[Kerne
             dt = r["dtype"]
             pred = _predict(_gemm(r), chip, GEMM_STACK, dt, floor, act_dtype=dt if dt != "bf16" else None)
             label = f"{dt} {r['layer']} M={r['m']} N={r['n']} K={r['k']}"
-        elif kind == "attention_prefill" and r["backend"] in ATTENTION_STACK:
+        elif kind == "attention_prefill" and r["backend"] in ATTENTION_KERNEL:
             g = _attention(r["batch"], r["heads"], r["heads"], r["seq"], r["seq"], r["head_dim"], r["causal"])
-            pred = _predict(g, chip, ATTENTION_STACK[r["backend"]], "bf16", floor)
+            pred = _predict(g, chip, GEMM_STACK, "bf16", floor, attention_kernel=ATTENTION_KERNEL[r["backend"]])
             label = (f"{r['backend']} B={r['batch']} H={r['heads']} S={r['seq']} D={r['head_dim']}"
                      f"{' causal' if r['causal'] else ''}")
-        elif kind == "attention_decode" and r["backend"] in ATTENTION_STACK:
+        elif kind == "attention_decode" and r["backend"] in ATTENTION_KERNEL:
             g = _attention(r["batch"], r["q_heads"], r["kv_heads"], 1, r["kv_len"], r["head_dim"], False)
-            pred = _predict(g, chip, ATTENTION_STACK[r["backend"]], "bf16", floor)
+            pred = _predict(g, chip, GEMM_STACK, "bf16", floor, attention_kernel=ATTENTION_KERNEL[r["backend"]])
             label = f"{r['backend']} B={r['batch']} Hq={r['q_heads']} Hkv={r['kv_heads']} KV={r['kv_len']}"
         elif kind == "memory" and r["op"] in ("copy", "pointwise_silu", "layer_norm") and r["bytes"] >= min_bytes:
             shape = (r["tokens"], r["hidden"]) if r["op"] == "layer_norm" else (r["bytes"] // 2,)
