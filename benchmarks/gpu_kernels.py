@@ -213,6 +213,28 @@ def gemm_chain_records() -> list[dict]:
     return out
 
 
+def grouped_gemm_records() -> list[dict]:
+    """MoE expert GEMMs as one grouped GEMM (torch._grouped_mm, bf16): Mixtral-8x7B's w1 (N=14336,
+    K=4096) and w2 (N=4096, K=14336) over 8 experts, T tokens routed top-2 evenly (2T/8 rows each)."""
+    out = []
+    e = 8
+    for name, n, k in (("mixtral-w1", 14336, 4096), ("mixtral-w2", 4096, 14336)):
+        b = torch.randn(e, n, k, device="cuda", dtype=torch.bfloat16).transpose(-2, -1)  # (E, K, N), K-major
+        for t in (64, 256, 1024, 4096, 16384):
+            m = 2 * t // e
+            a = torch.randn(e * m, k, device="cuda", dtype=torch.bfloat16)
+            offs = torch.arange(m, e * m + 1, m, device="cuda", dtype=torch.int32)
+            rec = {"kind": "grouped_gemm", "layer": name, "dtype": "bf16", "groups": e, "m": m, "n": n, "k": k}
+            try:
+                ms = bench_ms(lambda: torch._grouped_mm(a, b, offs=offs, out_dtype=torch.bfloat16))
+                rec.update(time_s=ms * 1e-3, flops=2.0 * e * m * n * k, tflops=2.0 * e * m * n * k / ms / 1e9)
+            except Exception as ex:  # noqa: BLE001
+                rec["error"] = repr(ex)[:200]
+            out.append(rec)
+    print("grouped gemm: done", flush=True)
+    return out
+
+
 def l2_records() -> list[dict]:
     """Copy a buffer that fits in L2 again and again (no flush between copies): L2 bandwidth."""
     out = []
@@ -336,7 +358,8 @@ def main() -> None:
     sections = {"launch": launch_records, "memory": lambda: memory_records(a.quick),
                 "gemm": lambda: gemm_records(a.quick), "attention_prefill": lambda: attention_prefill_records(a.quick),
                 "attention_decode": lambda: attention_decode_records(a.quick),
-                "embedding": lambda: embedding_records(a.quick), "l2": l2_records, "gemm_chain": gemm_chain_records, "conv": lambda: conv_records(a.quick)}
+                "embedding": lambda: embedding_records(a.quick), "l2": l2_records, "gemm_chain": gemm_chain_records,
+                "grouped_gemm": grouped_gemm_records, "conv": lambda: conv_records(a.quick)}
     only = [s for s in a.only.split(",") if s]
     for name, fn in sections.items():
         if only and name not in only:

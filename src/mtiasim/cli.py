@@ -122,7 +122,7 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         top: int | None = typer.Option(None, "--top", help="Show only the N slowest kernels."),
         engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
         stack: str | None = typer.Option(None, "--stack", help="gpu engine: software stack "
-                                         "(tensorrt-llm, vllm, pytorch-eager)."),
+                                         "(tensorrt-llm, vllm, pytorch-eager, pytorch-cuda-graph)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Simulate one model on one chip: per-kernel table and totals."""
     try:
@@ -207,7 +207,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache precision (default: activations')."),
           beams: int = typer.Option(1, "--beams", min=1, help="Beam-search width (MLPerf GPT-J: 4)."),
           stack: str | None = typer.Option(None, "--stack", help="GPUs: software stack whose kernel calibration "
-                                           "times the steps (tensorrt-llm, vllm, pytorch-eager)."),
+                                           "times the steps (tensorrt-llm, vllm, pytorch-eager, pytorch-cuda-graph)."),
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
@@ -337,15 +337,20 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
                 rows: bool = typer.Option(False, "--rows", help="Every kernel, not only the totals per kind."),
                 as_json: bool = typer.Option(False, "--json")):
     """How far the GPU engine's kernel predictions are from kernels measured on a real GPU
-    (GEMMs by dtype, attention prefill and decode, streaming kernels, convolutions)."""
+    (GEMMs by dtype, attention prefill and decode, streaming kernels, convolutions), and, where
+    measured, from whole zoo models run end to end by PyTorch."""
     from rich.table import Table
 
-    from mtiasim.engines.measured import check, load, summary
+    from mtiasim.engines.measured import check, check_models, load, summary
 
     try:
         checks, env = check(chip), load(chip)["env"]
     except ValueError as e:
         _fail(e)
+    try:
+        checks += check_models(chip)
+    except ValueError:
+        pass  # no whole-model measurements for this chip
     per_kind = summary(checks)
     if as_json:
         _dump({"chip": chip, "env": env, "by_kind": per_kind,

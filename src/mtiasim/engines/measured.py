@@ -107,6 +107,14 @@ def _gemm(r: dict) -> Graph:
     return Graph("gemm", t, [Node("fc", "linear", ["x", "w"], ["y"])], ["x"], ["y"])
 
 
+def _grouped(r: dict) -> Graph:
+    """A grouped GEMM (MoE experts) as a batched matmul: x [G, M, K] @ w [G, K, N]."""
+    g, m, n, k = r["groups"], r["m"], r["n"], r["k"]
+    t = {"x": TensorSpec((g, m, k), "fp32", "input"), "w": TensorSpec((g, k, n), "fp32", "param"),
+         "y": TensorSpec((g, m, n), "fp32")}
+    return Graph("grouped", t, [Node("mm", "matmul", ["x", "w"], ["y"])], ["x"], ["y"])
+
+
 def _attention(b: int, hq: int, hkv: int, s: int, kv: int, d: int, causal: bool) -> Graph:
     t = {"q": TensorSpec((b, hq, s, d), "bf16", "input"), "k": TensorSpec((b, hkv, kv, d), "bf16", "input"),
          "v": TensorSpec((b, hkv, kv, d), "bf16", "input"), "o": TensorSpec((b, hq, s, d), "bf16")}
@@ -149,6 +157,9 @@ def check(chip: str = "h100-sxm-80gb", min_bytes: float = 1 << 20) -> list[Kerne
             dt = r["dtype"]
             pred = _predict(_gemm(r), chip, GEMM_STACK, dt, floor, act_dtype=dt if dt != "bf16" else None)
             label = f"{dt} {r['layer']} M={r['m']} N={r['n']} K={r['k']}"
+        elif kind == "grouped_gemm":
+            pred = _predict(_grouped(r), chip, GEMM_STACK, r["dtype"], floor)
+            label = f"{r['dtype']} {r['layer']} G={r['groups']} M={r['m']} N={r['n']} K={r['k']}"
         elif kind == "attention_prefill" and r["backend"] in ATTENTION_KERNEL:
             g = _attention(r["batch"], r["heads"], r["heads"], r["seq"], r["seq"], r["head_dim"], r["causal"])
             pred = _predict(g, chip, GEMM_STACK, "bf16", floor, attention_kernel=ATTENTION_KERNEL[r["backend"]])
