@@ -169,3 +169,27 @@ def test_kv_cache_concat_copies_the_cache_unless_appended_in_place():
     small = mtiasim.simulate("llama2-7b", options=CompileOptions(dtype="bf16"), **{**kw, "batch": 1})
     attn = next(o for o in small.ops if o.op == "attention")
     assert attn.dram_bytes >= 2 * 512 * 32 * 128 * 2  # K and V of one layer, 4 MiB each
+
+
+def test_layout_marks_strided_views_and_broadcasts():
+    from mtiasim.compiler.layout import reads_strided, strided_tensors
+
+    t = {"x": TensorSpec((4, 8), "bf16", "input"), "b": TensorSpec((8,), "bf16", "input"),
+         "xt": TensorSpec((8, 4), "bf16"), "rows": TensorSpec((2, 8), "bf16"), "cols": TensorSpec((4, 2), "bf16"),
+         "y1": TensorSpec((4, 8), "bf16"), "y2": TensorSpec((4, 8), "bf16"), "y3": TensorSpec((8, 4), "bf16"),
+         "y4": TensorSpec((8, 4), "bf16"), "y5": TensorSpec((2, 8), "bf16")}
+    nodes = [
+        Node("t", "view", ["x"], ["xt"], {"shapes": [(8, 4)], "call": ("aten.transpose.int", ("x", 0, 1), {})}),
+        Node("r", "view", ["x"], ["rows"], {"shapes": [(2, 8)], "call": ("aten.slice.Tensor", ("x", 0, 0, 2), {})}),
+        Node("c", "view", ["x"], ["cols"], {"shapes": [(4, 2)], "call": ("aten.slice.Tensor", ("x", 1, 0, 2), {})}),
+        Node("a1", "add", ["x", "x"], ["y1"]),      # dense + dense: vectorised
+        Node("a2", "add", ["x", "b"], ["y2"]),      # broadcast operand
+        Node("a3", "neg", ["xt"], ["y3"]),          # transposed view
+        Node("a4", "relu", ["y3"], ["y4"]),         # inherits its input's strides
+        Node("a5", "relu", ["rows"], ["y5"]),       # leading-dimension slice: contiguous
+    ]
+    g = Graph("l", t, nodes, ["x", "b"], ["y1", "y2", "y4", "y5", "cols"])
+    s = strided_tensors(g)
+    assert {"xt", "cols", "y3", "y4"} <= s and not {"rows", "y1", "y2", "y5"} & s
+    by = {n.name: reads_strided(g, n, s) for n in nodes if n.op != "view"}
+    assert by == {"a1": False, "a2": True, "a3": True, "a4": True, "a5": False}

@@ -58,15 +58,40 @@ def test_the_model_is_not_biased_for_gemms(checks):
 
 def test_whole_model_replayed_from_a_cuda_graph_end_to_end():
     # The zoo's llama2-7b module itself, run by PyTorch on the H100 (benchmarks/gpu_e2e.py) and
-    # compiled as PyTorch runs it (one kernel per op, torch.cat copying the KV cache).
-    s = summary(check_models("h100-sxm-80gb"))
-    dec = {c.label: c for c in check_models("h100-sxm-80gb") if c.kind == "model_decode_cuda_graph"}
-    # one sequence: weight streaming dominates and is predicted within 10%
-    assert abs(dec["llama2-7b decode B=1 KV=512"].error_pct) < 10
-    # The engine is optimistic, never pessimistic, for PyTorch's unfused module: the profile
-    # (data/calibration/measured/profiles) shows its non-vectorised cat and strided elementwise
-    # kernels at 0.4-0.55 of HBM bandwidth where the engine assumes a copy's 0.9. Bounds: today's
-    # error, so a change that widens it fails.
-    for kind, worst in (("model_prefill_cuda_graph", 30), ("model_decode_cuda_graph", 45)):
-        assert -worst < s[kind]["bias_pct"] < 0, (kind, s[kind])
+    # compiled as PyTorch runs it (one kernel per op, torch.cat copying the KV cache, elementwise
+    # kernels on strided views at PyTorch's non-vectorised bandwidth).
+    checks = check_models("h100-sxm-80gb")
+    s = summary(checks)
+    dec = {c.label: c for c in checks if c.kind == "model_decode_cuda_graph"}
+    assert abs(dec["llama2-7b decode B=1 KV=512"].error_pct) < 10  # weight streaming dominates
+    pre = {c.label: c for c in checks if c.kind == "model_prefill_cuda_graph"}
+    assert abs(pre["llama2-7b prefill B=8 S=1024"].error_pct) < 12  # GEMMs dominate
+    # Still optimistic, never pessimistic: small kernels replayed back to back cost more than the
+    # 1.08 us launch (B=1 S=512: 675 kernels, 3.3 ms more than predicted). Bounds are today's error.
+    for kind in ("model_prefill_cuda_graph", "model_decode_cuda_graph"):
+        assert -20 < s[kind]["bias_pct"] < 0, (kind, s[kind])
         assert s[kind]["n"] == 5
+
+
+def test_strided_kernels_are_the_ones_pytorch_runs_non_vectorised():
+    # torch.profiler of this prefill on the H100 (measured/profiles/...prefill-b8-s1024.json) shows,
+    # on PyTorch's generic elementwise_kernel<128, 4> / CatArrayBatchedCopy path: 64 adds (the
+    # rotary ones; the 64 residual adds run vectorised), 160 muls, 64 negs, 32 SiLUs, 64 cats.
+    import collections
+    import json
+    from importlib import resources
+
+    from mtiasim.api import workload_graph
+    from mtiasim.chips import load_chip
+    from mtiasim.compiler import CompileOptions, compile
+
+    g, _ = workload_graph("llama2-7b", phase="prefill", seq_len=1024, batch=8)
+    p = compile(g, load_chip("h100-sxm-80gb"), CompileOptions(dtype="bf16", fuse=False, kv_in_place=False))
+    flagged = collections.Counter(k.op for k in p.kernels if k.strided)
+    assert flagged == {"add": 64, "mul": 160, "neg": 64, "silu": 32, "concat": 64}
+    assert not any(k.strided for k in p.kernels if k.op in ("rmsnorm", "linear", "attention"))
+    prof = json.loads(resources.files("mtiasim").joinpath(
+        "data", "calibration", "measured", "profiles", "h100-sxm-80gb-llama2-7b-prefill-b8-s1024.json").read_text())
+    generic = sum(r["count"] for r in prof["kernels"]
+                  if "elementwise_kernel<128, 4" in r["kernel"] or "CatArrayBatchedCopy<" in r["kernel"])
+    assert generic == sum(flagged.values()) + 1  # + one direct copy of the input ids

@@ -7,6 +7,7 @@ from dataclasses import replace
 from mtiasim.calibration import for_chip
 from mtiasim.chips.schema import ChipSpec
 from mtiasim.compiler.fusion import find_kv_appends, group, kernel_work, view_bases
+from mtiasim.compiler.layout import reads_strided, strided_tensors
 from mtiasim.compiler.placement import plan
 from mtiasim.compiler.program import CompileOptions, GemmMapping, Kernel, MemoryPlan, Program, Traffic
 from mtiasim.compiler.quantize import activation_dtype, assign_dtypes, compute_dtype
@@ -46,6 +47,7 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
 
     base = view_bases(graph)
     groups = group(graph, options.fuse, appends)
+    strided = strided_tensors(graph)
     owner = {base.get(o, o): i for i, g in enumerate(groups) for n in g for o in n.outputs}
     external: dict[int, set[str]] = {i: set() for i in range(len(groups))}
     for i, g in enumerate(groups):
@@ -72,6 +74,7 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
         k = Kernel(name=anchor.name, op=anchor.op, nodes=g, work=work, compute_dtype=cdtype,
                    vector_dtype=vdtype, source=anchor.source, on_host=anchor.op == "cpu_fallback")
         k.mappings = [map_gemm_on(chip, gm) for gm in work.gemms]
+        k.strided = any(reads_strided(graph, n, strided) for n in g)
         kernels.append(k)
 
     cal = for_chip(chip)

@@ -79,6 +79,7 @@ class Kernel:
     traffic: Traffic = field(default_factory=Traffic)
     source: str | None = None
     on_host: bool = False
+    strided: bool = False  # reads a strided view or broadcasts an input (compiler/layout.py)
 
     @property
     def fused(self) -> list[str]:

@@ -8,7 +8,8 @@ Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
   the stack names the kernel: cuDNN, FlashAttention-2) under FlashAttention's work-item schedule;
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
 - a stack can scale the GEMM efficiency of a dtype (eager PyTorch's INT8 goes through
-  cuBLASLt's slower INT8 kernels).
+  cuBLASLt's slower INT8 kernels) and time elementwise kernels that read strided views or
+  broadcast an input at its generic path's bandwidth (PyTorch: non-vectorised kernels).
 Calibration: ``data/calibration/gpu.yaml`` (kernel terms, stacks) and ``analytical.yaml`` (base
 GEMM efficiency per chip and dtype), fitted to ``data/calibration/measured/`` and checked against
 every measured kernel by ``mtiasim.engines.measured``.
@@ -35,6 +36,7 @@ class Stack(BaseModel):
     attention_kernel_source: str
     launch_overhead_s: CalValue
     gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
+    strided_elementwise_efficiency: Fraction | None = None
 
 
 class KernelCalibration(BaseModel):
@@ -134,7 +136,12 @@ class GPUEngine(AnalyticalEngine):
         return t / scale.value if scale is not None and is_gemm(k) else t
 
     def dram_stream_efficiency(self, k: Kernel) -> float:
-        return self.kcal.gemm_dram_efficiency.value if is_gemm(k) else self.cal.dram_efficiency
+        if is_gemm(k):
+            return self.kcal.gemm_dram_efficiency.value
+        strided = self.stack.strided_elementwise_efficiency
+        if strided is not None and k.strided and k.work.matrix_flops <= 0:
+            return strided.value  # the stack's generic elementwise path on strided/broadcast inputs
+        return self.cal.dram_efficiency
 
     def kernel_time(self, k: Kernel, clock_scale: float = 1.0) -> KernelTime:
         t = super().kernel_time(k, clock_scale)
