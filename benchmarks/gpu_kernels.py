@@ -53,6 +53,21 @@ def bench_ms(fn, warmup=10, rep=40) -> float:
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
+def measure(rec: dict, fn, flops: float | None = None, moved_bytes: float | None = None) -> dict:
+    """Time ``fn`` into ``rec`` (``time_s`` plus its rate), or record why it could not run."""
+    try:
+        t = bench_ms(fn) * 1e-3
+    except Exception as e:  # noqa: BLE001 - an unsupported shape or backend is data, not a crash
+        rec["error"] = repr(e)[:200]
+        return rec
+    rec["time_s"] = t
+    if flops is not None:
+        rec.update(flops=flops, tflops=flops / t / 1e12)
+    if moved_bytes is not None:
+        rec["bytes_per_s"] = moved_bytes / t
+    return rec
+
+
 def env() -> dict:
     p = torch.cuda.get_device_properties(0)
     smi = {}
@@ -94,12 +109,7 @@ def gemm_records(quick: bool) -> list[dict]:
                 cases["int8"] = lambda: torch._int_mm(ai8, wi8.t())
             for dtype, fn in cases.items():
                 rec = {"kind": "gemm", "layer": name, "dtype": dtype, "m": m, "n": n, "k": k}
-                try:
-                    t = bench_ms(fn) * 1e-3
-                    rec.update(time_s=t, flops=2.0 * m * n * k, tflops=2.0 * m * n * k / t / 1e12)
-                except Exception as e:  # noqa: BLE001
-                    rec["error"] = repr(e)[:200]
-                out.append(rec)
+                out.append(measure(rec, fn, flops=2.0 * m * n * k))
         print(f"gemm {name}: done", flush=True)
     return out
 
@@ -122,13 +132,9 @@ def attention_prefill_records(quick: bool) -> list[dict]:
             for bname, be in backends.items():
                 rec = {"kind": "attention_prefill", "backend": bname, "dtype": "bf16", "batch": b, "heads": h,
                        "seq": s, "head_dim": d, "causal": causal}
-                try:
-                    with sdpa_kernel([be]):
-                        t = bench_ms(lambda: F.scaled_dot_product_attention(q, kk, v, is_causal=causal)) * 1e-3
-                    rec.update(time_s=t, flops=flops, tflops=flops / t / 1e12)
-                except Exception as e:  # noqa: BLE001
-                    rec["error"] = repr(e)[:200]
-                out.append(rec)
+                with sdpa_kernel([be]):
+                    out.append(measure(rec, lambda: F.scaled_dot_product_attention(q, kk, v, is_causal=causal),
+                                       flops=flops))
     print("attention prefill: done", flush=True)
     return out
 
@@ -152,13 +158,9 @@ def attention_decode_records(quick: bool) -> list[dict]:
                               ("cudnn", SDPBackend.CUDNN_ATTENTION)):
                 rec = {"kind": "attention_decode", "backend": bname, "dtype": "bf16", "batch": b, "q_heads": hq,
                        "kv_heads": hkv, "head_dim": d, "kv_len": kv, "kv_bytes": kv_bytes}
-                try:
-                    with sdpa_kernel([be]):
-                        t = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=hq != hkv)) * 1e-3
-                    rec.update(time_s=t, bytes_per_s=kv_bytes / t)
-                except Exception as e:  # noqa: BLE001
-                    rec["error"] = repr(e)[:200]
-                out.append(rec)
+                with sdpa_kernel([be]):
+                    out.append(measure(rec, lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=hq != hkv),
+                                       moved_bytes=kv_bytes))
     print("attention decode: done", flush=True)
     return out
 
@@ -225,12 +227,8 @@ def grouped_gemm_records() -> list[dict]:
             a = torch.randn(e * m, k, device="cuda", dtype=torch.bfloat16)
             offs = torch.arange(m, e * m + 1, m, device="cuda", dtype=torch.int32)
             rec = {"kind": "grouped_gemm", "layer": name, "dtype": "bf16", "groups": e, "m": m, "n": n, "k": k}
-            try:
-                ms = bench_ms(lambda: torch._grouped_mm(a, b, offs=offs, out_dtype=torch.bfloat16))
-                rec.update(time_s=ms * 1e-3, flops=2.0 * e * m * n * k, tflops=2.0 * e * m * n * k / ms / 1e9)
-            except Exception as ex:  # noqa: BLE001
-                rec["error"] = repr(ex)[:200]
-            out.append(rec)
+            out.append(measure(rec, lambda: torch._grouped_mm(a, b, offs=offs, out_dtype=torch.bfloat16),
+                               flops=2.0 * e * m * n * k))
     print("grouped gemm: done", flush=True)
     return out
 

@@ -4,11 +4,13 @@ Eager PyTorch keeps a view's strides: ``x.transpose(1, 2)`` or a split along the
 is not copied, and an elementwise op on such an input writes its output with the same strides.
 Its elementwise kernels then take the generic, non-vectorised path (``elementwise_kernel<128, 4>``
 in a profile instead of ``vectorized_elementwise_kernel``), and so do broadcasts and concats of
-such inputs. ``strided_kernels`` marks the kernels that read a strided or broadcast input, so an
-engine can time them at that path's bandwidth (``data/calibration/gpu.yaml``, per stack).
+such inputs. ``reads_strided`` tells whether a node reads a strided or broadcast input, so an
+engine can time such kernels at that path's bandwidth (``data/calibration/gpu.yaml``, per stack).
 """
 
 from __future__ import annotations
+
+import math
 
 from mtiasim.graph.ir import Graph
 from mtiasim.graph.ops import get_op
@@ -65,9 +67,6 @@ def reads_strided(graph: Graph, node, strided: set[str]) -> bool:
         if t in strided:
             return True
         shape = graph.tensors[t].shape
-        n = 1
-        for s in shape:
-            n *= s
-        if node.op != "concat" and n > 1 and tuple(shape) != tuple(out):
+        if node.op != "concat" and math.prod(shape) > 1 and tuple(shape) != tuple(out):
             return True  # a broadcast operand
     return False

@@ -1,9 +1,10 @@
 """Kernel measurements on real GPUs, and the GPU engine's predictions of each of them.
 
-``data/calibration/measured/<chip>.json`` holds kernels timed by ``benchmarks/gpu_kernels.py`` on
-a real GPU (which one, its driver and torch version are in the file's ``env``). ``check(chip)``
+``data/calibration/measured/kernels/<chip>.json`` holds kernels timed by ``benchmarks/gpu_kernels.py``
+on a real GPU (which one, its driver and torch version are in the file's ``env``). ``check(chip)``
 rebuilds every measured kernel as a one-op graph, compiles it for the preset chip, times it with
-the GPU engine under the software stack that ran it, and returns prediction beside measurement.
+the GPU engine under the software stack that ran it, and returns prediction beside measurement. ``check_models(chip)`` does the same for whole zoo
+models run end to end (``measured/models/<chip>.json``, ``benchmarks/gpu_e2e.py``).
 
 The measurements time each kernel alone (CUDA events around one launch, L2 flushed before it), so
 a prediction here is the kernel's body (compute and memory, their imperfect overlap) plus the
