@@ -42,6 +42,21 @@ def test_single_request_timeline_by_hand():
     assert cost.shapes[2].decode_contexts_sum == 101  # prompt + first generated token
 
 
+def test_static_batching_waits_for_the_batch_to_finish():
+    # three 4-token prompts at t=0 wanting 1, 3 and 2 tokens, 2 sequences per batch, 1 s per step.
+    # Continuous batching: step 1 prefills r0 and r1 (r0 done at 1); r2 joins at step 2 (first
+    # token at 2) beside r1's decode; step 3 ends both (r1 at 3, r2 at 3).
+    # Static batching: r2 waits until the batch {r0, r1} has finished at 3; its prefill ends at 4
+    # and its second token at 5.
+    reqs = [Request(0, 0.0, 4, 1), Request(1, 0.0, 4, 3), Request(2, 0.0, 4, 2)]
+    cont, _, end_c = run_replica(reqs, ConstantStep(1.0), 10_000, SchedulerConfig(max_num_seqs=2))
+    stat, _, end_s = run_replica(reqs, ConstantStep(1.0), 10_000, SchedulerConfig(max_num_seqs=2, batching="static"))
+    assert [r.finish_s for r in cont] == [1.0, 3.0, 3.0] and end_c == 3.0
+    assert [r.finish_s for r in stat] == [1.0, 3.0, 5.0] and stat[2].first_token_s == 4.0 and end_s == 5.0
+    with pytest.raises(ValueError, match="batching"):
+        SchedulerConfig(batching="dynamic")
+
+
 def test_beam_search_decodes_every_beam_and_holds_their_kv():
     # 4 beams (MLPerf GPT-J): after the shared 100-token prefill, each decode step carries 4 sequences
     # that read the shared prompt once and their own generated tokens: 100 + 4 x generated.
@@ -292,6 +307,33 @@ def test_ranking_batches_fill_under_load_and_overload_shows():
     over = serve_ranking(LinearBatch(), 1, 12000.0, batch_pairs=2700, timeout_s=0.005, mix=mix)
     assert over.p99_latency_s > 10 * ok.p99_latency_s and over.mean_batch_pairs == pytest.approx(2700)
     assert over.samples_per_s < 0.85 * over.qps  # completion rate falls behind the offered rate
+
+
+def test_ranking_streams_share_the_chip():
+    from mtiasim.serving.ranking import _serve_group
+
+    # four one-item queries at t=0, batches of one item, each batch 1 ms alone (LinearBatch(1e-3, 0)).
+    # One stream runs them back to back: done at 1, 2, 3, 4 ms. Two streams run two batches at
+    # once, each at half speed: the first two end at 2 ms, the next two at 4 ms. The chip's
+    # throughput is the same (4 queries in 4 ms); the mean latency grows from 2.5 to 3 ms.
+    arrivals, pairs = np.zeros(4), np.ones(4, dtype=int)
+    for streams, want in ((1, [1e-3, 2e-3, 3e-3, 4e-3]), (2, [2e-3, 2e-3, 4e-3, 4e-3])):
+        lat, batches = np.empty(4), []
+        _serve_group(list(range(4)), arrivals, pairs, LinearBatch(1e-3, 0.0), 1, 0.0, streams, lat, batches)
+        assert lat == pytest.approx(want, rel=1e-12) and batches == [1, 1, 1, 1]
+
+
+def test_ranking_greedy_batcher_takes_what_waits():
+    from mtiasim.serving.ranking import _serve_group
+
+    # timeout 0 (NVIDIA's BERT and DLRM-v2 harnesses): a free stream takes whatever is queued.
+    # Queries at 0, 0.5, 0.6, 0.7 ms; a batch takes 1 ms. The first runs alone (0-1 ms); the other
+    # three waited meanwhile and run as one batch (1-2 ms).
+    arrivals, pairs = np.array([0.0, 0.5e-3, 0.6e-3, 0.7e-3]), np.ones(4, dtype=int)
+    lat, batches = np.empty(4), []
+    _serve_group(list(range(4)), arrivals, pairs, LinearBatch(1e-3, 0.0), 128, 0.0, 1, lat, batches)
+    assert batches == [1, 3]
+    assert lat == pytest.approx([1e-3, 1.5e-3, 1.4e-3, 1.3e-3], rel=1e-9)
 
 
 def test_mlperf_dlrm_server_meets_bound_and_high_accuracy_costs_throughput():

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtiasim.cli import app
-from mtiasim.serving.mlperf import benchmark_info, predict_llm
+from mtiasim.serving.mlperf import benchmark_info, predict, predict_llm
 from mtiasim.validate import default_data, validate
 
 MINI = Path(__file__).parent / "data" / "mini_mlperf.csv"
@@ -126,3 +126,32 @@ def test_gptj_inferred_tokens_metric_is_samples_times_69(tmp_path):
     rep = validate(f)
     samples, tokens = (r.prediction for r in rep.by_row)
     assert tokens == pytest.approx(69 * samples)  # mlperf.conf token_latency_scaling_factor
+
+
+def test_round_deployments_apply_only_where_listed():
+    from mtiasim.serving.mlperf import deployment, deployment_round, predict_llm
+
+    # v3.1 GPT-J ran NVIDIA's pre-TensorRT-LLM harness: static batches of 32 (configs/gptj, main_gpt.cc)
+    old = deployment("gptj", "h100-sxm-80gb", mlperf_round="v3.1")
+    assert (old["batching"], old["max_num_seqs"]) == ("static", 32) and "main_gpt.cc" in old["source"]
+    assert deployment("gptj", "h100-sxm-80gb", mlperf_round="v4.1") == deployment("gptj", "h100-sxm-80gb")
+    assert deployment_round("gptj-99", "V3.1") == "v3.1" and deployment_round("gptj-99", "v4.1") is None
+    assert deployment_round("llama2-70b-99", "v3.1") is None
+    # static batches of 32 serve fewer samples/s than in-flight batching of up to 192
+    kw = dict(requests=300)
+    static = predict_llm("gptj-99", "h100-sxm-80gb:1", "Offline", mlperf_round="v3.1", **kw).samples_per_s
+    inflight = predict_llm("gptj-99", "h100-sxm-80gb:1", "Offline", **kw).samples_per_s
+    assert 0 < static < 0.9 * inflight
+
+
+def test_batched_latency_rows_are_read_at_the_server_operating_point(tmp_path):
+    # a batched benchmark's p99 row is the latency at the predicted Server operating point (the
+    # largest load meeting its bound), the same prediction as its throughput row: at or under 15 ms
+    f = tmp_path / "resnet.csv"
+    f.write_text("round,accelerator,n_accel,benchmark,scenario,metric,value\n"
+                 "v4.1,H100-SXM-80GB,1,resnet50,Server,completed_samples_per_second,70000\n"
+                 "v4.1,H100-SXM-80GB,1,resnet50,Server,p99_latency_ms,12\n")
+    thr, lat = validate(f).by_row
+    p = predict("resnet50", "h100-sxm-80gb:1", "Server")
+    assert thr.prediction == pytest.approx(p.samples_per_s)
+    assert lat.prediction == pytest.approx(p.p99_e2e_s * 1e3) and 0 < lat.prediction <= 15.0

@@ -215,7 +215,10 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           tpot_p99: str | None = typer.Option(None, "--tpot-p99", help="SLO on p99 time per output token, e.g. 200ms."),
           batch_pairs: int = typer.Option(65536, "--batch-pairs", min=1,
                                           help="Batched models: target items per batch (DLRM: user-item pairs)."),
-          batch_timeout: str = typer.Option("10ms", "--batch-timeout", help="Batched models: longest wait to fill a batch."),
+          batch_timeout: str = typer.Option("10ms", "--batch-timeout", help="Batched models: longest wait to fill a batch "
+                                            "(0: a free stream takes whatever waits)."),
+          streams: int = typer.Option(1, "--streams", min=1, help="Batched models: batches a chip runs at once, "
+                                      "sharing it (NVIDIA harnesses: CUDA inference streams)."),
           latency_p99: str | None = typer.Option(None, "--p99", help="Batched models: SLO on p99 query latency, e.g. 60ms."),
           as_json: bool = typer.Option(False, "--json")):
     """Simulate serving a model on a multi-chip system and report latency percentiles, throughput
@@ -235,8 +238,13 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         given = [flag for flag, v in llm_only.items() if v]
         if given:
             _fail(ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to LLMs; {model} is a "
-                             f"batched {zoo.get(model).family} model (use --qps, --batch-pairs, --batch-timeout, --p99)"))
-        _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, latency_p99, as_json)
+                             f"batched {zoo.get(model).family} model (use --qps, --batch-pairs, --batch-timeout, "
+                             "--streams, --p99)"))
+        _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, streams, latency_p99,
+                       as_json)
+        return
+    if streams != 1:
+        _fail(ValueError(f"--streams applies to batched models; {model} is an LLM"))
         return
     cal = serving_calibration()
     try:
@@ -265,13 +273,14 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
 
 
-def _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, latency_p99, as_json):
+def _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, streams, latency_p99,
+                   as_json):
     from mtiasim.report.tables import ranking_table
     from mtiasim.serving import serve_ranking_model
 
     try:
         rep = serve_ranking_model(model, system, qps=qps, dtype=dtype, batch_pairs=batch_pairs,
-                                  batch_timeout_s=_duration_s(batch_timeout, "--batch-timeout"),
+                                  batch_timeout_s=_duration_s(batch_timeout, "--batch-timeout"), streams=streams,
                                   queries=max(requests, 20000) if qps else None, seed=seed,
                                   slo_p99_s=_duration_s(latency_p99, "--p99"))
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
@@ -286,13 +295,15 @@ def _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch
 def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. llama2-70b, mixtral-8x7b, gptj."),
            system: str = typer.Option("h100-sxm-80gb:8", "--system", help="CHIP:COUNT or a SystemSpec YAML file."),
            scenario: str = typer.Option("Offline", "--scenario", help="Offline, Server or Interactive."),
+           mlperf_round: str | None = typer.Option(None, "--round", help="MLPerf round (e.g. v3.1) whose software "
+                                                   "deployment to use where it differs (deployments.yaml 'rounds')."),
            as_json: bool = typer.Option(False, "--json")):
-    """Predict an MLPerf Inference result (LLM benchmarks and dlrm-v2) for a system."""
+    """Predict an MLPerf Inference result (LLM benchmarks, dlrm-v2, bert, resnet50) for a system."""
     from mtiasim.report.tables import serving_table
     from mtiasim.serving.mlperf import predict
 
     try:
-        p = predict(benchmark, system, scenario.capitalize())
+        p = predict(benchmark, system, scenario.capitalize(), mlperf_round=mlperf_round)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:
@@ -314,8 +325,9 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
 def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
                                                  "mlperf_calibration.csv (default: the packaged calibration set)."),
                  as_json: bool = typer.Option(False, "--json")):
-    """Predict every row of a measurement CSV and report the errors (MAPE, coverage). Latency rows
-    are predicted at the submission's load relative to its own Offline throughput."""
+    """Predict every row of a measurement CSV and report the errors (MAPE, coverage). LLM latency
+    rows are predicted at the submission's load relative to its own Offline throughput; batched
+    benchmarks' at the predicted Server operating point."""
     from mtiasim.validate import validate
 
     try:

@@ -183,6 +183,7 @@ def ranking_table(rep: Any) -> Table:
              f"embedding tables sharded {rep.table_sharding}-wise over {rep.table_shards} chips ("
              + ("reduce-scatter of partial sums)" if rep.table_sharding == "row" else "all-to-all of pooled embeddings)")),
             ("batching", f"up to {rep.batch_pairs:,} {unit} or {si(rep.batch_timeout_s, 's')} wait"
+             + (f", {rep.streams} batches at once per chip" if rep.streams > 1 else "")
              + (f"; mean batch {rep.mean_batch_pairs:,.0f} {unit}" if rep.mean_batch_pairs else ""))]
     if rep.qps is not None:
         rows.append(("query latency", f"p50 {si(rep.p50_latency_s, 's')}  p99 {si(rep.p99_latency_s, 's')}"))

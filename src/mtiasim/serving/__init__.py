@@ -220,6 +220,7 @@ class RankingReport(BaseModel):
     mean_batch_pairs: float | None
     batch_pairs: int
     batch_timeout_s: float
+    streams: int = 1  # batches a chip group runs at once
     table_shards: int = Field(description="chips the embedding tables are sharded over")
     table_sharding: str = Field(default="table", description="'table' (whole tables per chip) or 'row' (rows split)")
     slo_p99_s: float | None = None
@@ -232,11 +233,12 @@ class RankingReport(BaseModel):
 
 def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | None, dtype: str | None = None,
                         batch_pairs: int = 65536, batch_timeout_s: float = 0.010, queries: int | None = None,
-                        seed: int = 0, slo_p99_s: float | None = None) -> RankingReport:
+                        seed: int = 0, slo_p99_s: float | None = None, streams: int = 1) -> RankingReport:
     """Poisson queries over the system's chips, each holding the whole model (ranking, encoder and
     vision models; a DLRM query aggregates user-item pairs as in MLPerf DLRM-v2, the others are one
     sample each, and ``batch_pairs`` counts items); ``qps`` None gives the Offline throughput (best
-    batch up to ``batch_pairs``)."""
+    batch up to ``batch_pairs``). Each chip group runs up to ``streams`` batches at once.
+    ``queries`` is how many queries one (representative) chip group serves."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.frontend import zoo
     from mtiasim.serving.ranking import batch_workload, plan_ranking, serve_ranking
@@ -260,12 +262,12 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
                             table_sharding=cost.scheme, wall_s=0.0)
     else:
         r = serve_ranking(cost, groups, qps, queries=queries, batch_pairs=batch_pairs,
-                          timeout_s=batch_timeout_s, seed=seed, mix=mix)
+                          timeout_s=batch_timeout_s, seed=seed, mix=mix, streams=streams)
         rep = RankingReport(model=entry.name, item_unit=unit, system=sysspec.name, dtype=dt, qps=qps, queries=r.queries,
                             samples_per_s=r.samples_per_s, pairs_per_s=r.samples_per_s * mix.mean,
                             p50_latency_s=r.p50_latency_s, p99_latency_s=r.p99_latency_s,
                             mean_batch_pairs=r.mean_batch_pairs, batch_pairs=batch_pairs,
-                            batch_timeout_s=batch_timeout_s, table_shards=cost.shards,
+                            batch_timeout_s=batch_timeout_s, streams=streams, table_shards=cost.shards,
                             table_sharding=cost.scheme, slo_p99_s=slo_p99_s,
                             meets_slo=None if slo_p99_s is None else r.p99_latency_s <= slo_p99_s, wall_s=0.0)
     rep.wall_s = time.perf_counter() - t0

@@ -5,7 +5,9 @@ the paged KV cache allow it, build a step from one token per decoding sequence p
 chunks up to the step's token budget (chunked prefill), take the step's time from the cost
 model, advance the clock. A decoding sequence that needs a new KV block when none is free
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
-preemption). Requests are routed to replicas round-robin.
+preemption). Requests are routed to replicas round-robin. With ``batching="static"`` (TensorRT's pre-in-flight
+batching, e.g. NVIDIA's MLPerf v3.1 GPT-J harness) a batch is admitted only when the previous one
+has finished, so short requests wait for the batch's longest.
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
@@ -29,11 +31,14 @@ class SchedulerConfig:
     block_tokens: int = 16
     chunked_prefill: bool = True
     beams: int = 1  # beam width of beam-search decoding
+    batching: str = "continuous"  # or "static": a new batch starts when the previous one has finished
 
     def __post_init__(self) -> None:
         for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens", "beams"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.batching not in ("continuous", "static"):
+            raise ValueError(f"batching must be 'continuous' or 'static', got '{self.batching}'")
 
 
 @dataclass
@@ -110,8 +115,10 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         if not waiting and not running:
             now = reqs[i].arrival_s
             continue
-        # admission (FIFO): the prompt's KV blocks must be free
-        while waiting and len(running) < cfg.max_num_seqs:
+        # admission (FIFO): the prompt's KV blocks must be free; static batching admits a new
+        # batch only once the running one has finished
+        admit = cfg.batching == "continuous" or not running
+        while admit and waiting and len(running) < cfg.max_num_seqs:
             s = waiting[0]
             need = _blocks(s.prefill_target + 1, cfg.block_tokens)
             if need > total_blocks:

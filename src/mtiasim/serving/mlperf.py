@@ -41,20 +41,33 @@ def benchmark_info(benchmark: str) -> dict[str, Any]:
     return {"benchmark": base, **info}
 
 
-def deployment(benchmark: str, chip: str, high_accuracy: bool = False) -> dict[str, Any]:
+def deployment(benchmark: str, chip: str, high_accuracy: bool = False, mlperf_round: str | None = None
+               ) -> dict[str, Any]:
     """The submitters' deployment of ``benchmark`` (base name) on ``chip``: the ``default`` entry,
-    then the chip's; for a -99.9 variant, then ``high_accuracy``'s default and chip entries."""
+    then the chip's; for a -99.9 variant, then ``high_accuracy``'s default and chip entries; for a
+    round listed under ``rounds`` (software of that round, e.g. v3.1's pre-TensorRT-LLM GPT-J),
+    last that round's default and chip entries."""
     entries = _data("deployments.yaml").get(benchmark, {})
     high = entries.get("high_accuracy", {}) if high_accuracy else {}
+    rnd = entries.get("rounds", {}).get((mlperf_round or "").lower(), {})
     d: dict[str, Any] = {}
     sources = []
-    for layer in (entries.get("default", {}), entries.get(chip, {}), high.get("default", {}), high.get(chip, {})):
+    for layer in (entries.get("default", {}), entries.get(chip, {}), high.get("default", {}), high.get(chip, {}),
+                  rnd.get("default", {}), rnd.get(chip, {})):
         d.update(layer)
         if layer.get("source"):
             sources.append(layer["source"])
     if sources:
         d["source"] = " | ".join(sources)  # every layer that set a field says where it came from
     return d
+
+
+def deployment_round(benchmark: str, mlperf_round: str | None) -> str | None:
+    """``mlperf_round`` when data/mlperf/deployments.yaml has a deployment of that round for
+    ``benchmark`` (any accuracy variant), else None: other rounds share the default deployment."""
+    base = benchmark_info(benchmark)["benchmark"]
+    r = (mlperf_round or "").strip().lower()
+    return r if r and r in _data("deployments.yaml").get(base, {}).get("rounds", {}) else None
 
 
 class MLPerfPrediction(BaseModel):
@@ -81,20 +94,23 @@ def _slo(benchmark: str, scenario: str) -> SLO | dict:
 
 
 def predict(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
-            qps: float | None = None) -> MLPerfPrediction:
-    """Any supported MLPerf benchmark (LLM, or batched: ranking, BERT, ResNet-50)."""
+            qps: float | None = None, mlperf_round: str | None = None) -> MLPerfPrediction:
+    """Any supported MLPerf benchmark (LLM, or batched: ranking, BERT, ResNet-50); ``mlperf_round``
+    (e.g. "v3.1") selects that round's software deployment where data/mlperf/deployments.yaml has one."""
     from mtiasim.frontend import zoo
 
     if zoo.get(benchmark_info(benchmark)["model"]).family == "llm":
-        return predict_llm(benchmark, system, scenario, qps=qps)
-    return predict_batched(benchmark, system, scenario, qps=qps)
+        return predict_llm(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round)
+    return predict_batched(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round)
 
 
 def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
-                    qps: float | None = None, queries: int | None = None, search_steps: int = 12) -> MLPerfPrediction:
+                    qps: float | None = None, queries: int | None = None, search_steps: int = 12,
+                    mlperf_round: str | None = None) -> MLPerfPrediction:
     """MLPerf dlrm-v2, bert, resnet50: Offline = best samples/s over batch sizes up to the
     submitters' batch; Server = the largest query rate whose p99 latency meets the bound, with
-    dynamic batching (``server_batch`` items or ``batch_timeout_s``)."""
+    dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
+    concurrent streams per chip (default 1)."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.serving.ranking import batch_workload, plan_ranking, serve_ranking
 
@@ -102,7 +118,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         raise ValueError(f"{benchmark} has no {scenario} scenario (Offline, Server)")
     info = benchmark_info(benchmark)
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
-    dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"))
+    dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"), mlperf_round=mlperf_round)
     options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
                              op_dtypes=dep.get("op_dtypes") or {})
     cost = plan_ranking(info["model"], sysspec, options)
@@ -117,7 +133,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
 
     def run(rate: float):
         return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch"]),
-                             timeout_s=float(dep["batch_timeout_s"]), mix=mix)
+                             timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=int(dep.get("server_streams", 1)))
 
     if qps is not None:
         res = run(qps)
@@ -138,7 +154,8 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
 
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
-                seed: int = 0, qps: float | None = None, search_steps: int = 9) -> MLPerfPrediction:
+                seed: int = 0, qps: float | None = None, search_steps: int = 9,
+                mlperf_round: str | None = None) -> MLPerfPrediction:
     """Predict an MLPerf LLM result. Offline simulates the benchmark's whole sample set unless
     ``requests`` is given and reports the steady-state throughput (before the drain tail, which
     MLPerf's >= 10-minute runs amortise); each Server probe uses 3,000 requests. With ``qps``
@@ -148,13 +165,14 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         raise ValueError(f"scenario must be one of {SCENARIOS}, got '{scenario}'")
     info = benchmark_info(benchmark)
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
-    dep = deployment(info["benchmark"], sysspec.chip)
+    dep = deployment(info["benchmark"], sysspec.chip, mlperf_round=mlperf_round)
     cal = serving_calibration()
     seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
     sched = SchedulerConfig(max_num_seqs=int(seqs or dep.get("max_num_seqs", cal["max_num_seqs"].value)),
                             max_num_batched_tokens=int(dep.get("max_num_batched_tokens",
                                                                cal["max_num_batched_tokens"].value)),
-                            block_tokens=int(cal["kv_block_tokens"].value), beams=int(info.get("beams", 1)))
+                            block_tokens=int(cal["kv_block_tokens"].value), beams=int(info.get("beams", 1)),
+                            batching=dep.get("batching", "continuous"))
     n_offline = requests or int(info["samples"])
     # Server probes of the QPS search: 3,000 requests; a run at a given load (to predict the
     # latencies a submission measured at it) is longer, as MLPerf's >= 10-minute runs reach steady

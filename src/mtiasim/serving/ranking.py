@@ -181,50 +181,92 @@ class RankingServingResult:
 
 
 def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: int | None = None, batch_pairs: int,
-                  timeout_s: float, seed: int = 0, mix: QueryMix | None = None,
-                  duration_s: float = 1.0) -> RankingServingResult:
+                  timeout_s: float, seed: int = 0, mix: QueryMix | None = None, streams: int = 1,
+                  min_batches: int = 400) -> RankingServingResult:
     """Poisson queries at ``qps`` over ``groups`` chip groups (data-parallel replicas, each
-    ``cost.shards`` chips) with dynamic batching, for ``duration_s`` of arrivals (at least 20,000
-    queries, at most 10,000 per group beyond that) unless ``queries`` is given."""
-    queries = queries or max(20_000, min(int(qps * duration_s), 10_000 * groups))
+    ``cost.shards`` chips) with dynamic batching.
+
+    The groups are identical and take the queries in turn (round-robin), so one group is
+    simulated: it receives every ``groups``-th query of the Poisson stream. It serves ``queries``
+    queries, by default enough for ``min_batches`` full batches (at least 20,000, at most
+    400,000): near saturation a queue grows slowly, and a run of a few dozen batches would pass
+    loads that a 10-minute MLPerf run does not.
+
+    Each group runs up to ``streams`` batches at once (NVIDIA's harnesses issue batches to
+    several CUDA streams): the batcher forms the next batch as soon as a stream is free, and the
+    batches in flight share the chip equally (processor sharing), so a batch's time stretches
+    with the number running beside it while the chip's throughput is unchanged. With one stream
+    batches run back to back."""
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1, got {streams}")
+    mix = mix or QueryMix.mlperf()
+    per_batch = max(1.0, batch_pairs / mix.mean)
+    queries = queries or int(min(max(20_000, min_batches * per_batch), 400_000))
     rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(1.0 / qps, queries))
-    pairs = (mix or QueryMix.mlperf()).draw(queries, rng)
+    arrivals = np.cumsum(rng.exponential(1.0 / qps, queries * groups))[::groups]
+    pairs = mix.draw(queries, rng)
     latencies = np.empty(queries)
-    batches = []
-    for c in range(groups):
-        idx = list(range(c, queries, groups))
-        q: deque[int] = deque()
-        free_at, k = 0.0, 0
-        while k < len(idx) or q:
-            if not q:
-                q.append(idx[k])
-                k += 1
-            # the batch opens when the chip is free and a query waits; it starts when the queued
-            # pairs reach the target or the oldest query has waited the timeout
-            t0 = max(free_at, arrivals[q[0]])
-            deadline = max(t0, arrivals[q[0]] + timeout_s)
-            total = sum(int(pairs[i]) for i in q)
-            while k < len(idx) and total < batch_pairs and arrivals[idx[k]] <= deadline:
-                q.append(idx[k])
-                total += int(pairs[idx[k]])
-                k += 1
-            start = deadline if total < batch_pairs else max(t0, arrivals[q[-1]])
-            batch, total = [], 0
-            while q and (not batch or total + pairs[q[0]] <= batch_pairs):
-                i = q.popleft()
-                batch.append(i)
-                total += pairs[i]
-            end = start + cost.batch_s(total)
-            free_at = end
-            batches.append(total)
-            for i in batch:
-                latencies[i] = end - arrivals[i]
+    batches: list[int] = []
+    _serve_group(list(range(queries)), arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches)
     finish = float(np.max(arrivals + latencies))
     # latency percentiles over the second half of the run: past warm-up, and where an overloaded
     # system's growing backlog shows
     steady = latencies[queries // 2:]
-    return RankingServingResult(qps=qps, queries=queries, samples_per_s=queries / (finish - arrivals[0] + 1.0 / qps),
+    rate = queries / (finish - arrivals[0] + groups / qps)  # one group's completions per second
+    return RankingServingResult(qps=qps, queries=queries, samples_per_s=rate * groups,
                                 p99_latency_s=float(np.percentile(steady, 99)),
                                 p50_latency_s=float(np.percentile(steady, 50)),
                                 mean_batch_pairs=float(np.mean(batches)))
+
+
+def _serve_group(idx: list[int], arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float,
+                 streams: int, latencies: np.ndarray, batches: list[int]) -> None:
+    """One chip group's batcher and its ``streams`` (see ``serve_ranking``); writes ``latencies``."""
+    q: deque[int] = deque()
+    active: list[list] = []  # [remaining solo seconds, query ids] of the batches in flight
+    now, k = 0.0, 0
+
+    def advance(until: float) -> None:
+        """Run the batches in flight (processor sharing) up to ``until``, completing those that end."""
+        nonlocal now
+        while active:
+            n = len(active)
+            least = min(a[0] for a in active)
+            if now + least * n > until:
+                for a in active:
+                    a[0] -= (until - now) / n
+                break
+            now += least * n
+            for a in active:
+                a[0] -= least
+            for a in [a for a in active if a[0] <= 0.0]:
+                for i in a[1]:
+                    latencies[i] = now - arrivals[i]
+                active.remove(a)
+        now = max(now, until)
+
+    while k < len(idx) or q or active:
+        if len(active) >= streams or (not q and k >= len(idx)):
+            advance(now + min(a[0] for a in active) * len(active))  # wait for a stream to free up
+            continue
+        if not q:
+            q.append(idx[k])
+            k += 1
+        # a stream is free: the batch opens when a query waits; it starts when the queued pairs
+        # reach the target or the oldest query has waited the timeout
+        t0 = max(now, arrivals[q[0]])
+        deadline = max(t0, arrivals[q[0]] + timeout_s)
+        total = sum(int(pairs[i]) for i in q)
+        while k < len(idx) and total < batch_pairs and arrivals[idx[k]] <= deadline:
+            q.append(idx[k])
+            total += int(pairs[idx[k]])
+            k += 1
+        start = deadline if total < batch_pairs else max(t0, arrivals[q[-1]])
+        batch, total = [], 0
+        while q and (not batch or total + pairs[q[0]] <= batch_pairs):
+            i = q.popleft()
+            batch.append(i)
+            total += pairs[i]
+        advance(start)
+        active.append([cost.batch_s(total), batch])
+        batches.append(total)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
 from mtiasim.frontend import zoo
-from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, predict
+from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, deployment_round, predict
 from mtiasim.serving.traffic import datasets
 
 REQUIRED = ("accelerator", "n_accel", "benchmark", "scenario", "metric", "value")
@@ -94,10 +94,12 @@ class _Predictor:
     def __init__(self) -> None:
         self.cache: dict[tuple, MLPerfPrediction] = {}
 
-    def get(self, benchmark: str, system: str, scenario: str, qps: float | None = None) -> MLPerfPrediction:
-        key = (benchmark.lower().removesuffix("-99"), system, scenario, qps)
+    def get(self, benchmark: str, system: str, scenario: str, qps: float | None = None,
+            mlperf_round: str | None = None) -> MLPerfPrediction:
+        rnd = deployment_round(benchmark, mlperf_round)
+        key = (benchmark.lower().removesuffix("-99"), system, scenario, qps, rnd)
         if key not in self.cache:
-            self.cache[key] = predict(benchmark, system, scenario, qps=qps)
+            self.cache[key] = predict(benchmark, system, scenario, qps=qps, mlperf_round=rnd)
         return self.cache[key]
 
 
@@ -157,27 +159,39 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
     # batched benchmarks' 99.9% deployments differ (DLRM: FP16 interaction; BERT: FP16/FP8), so
     # they keep their own name.
     key = info["benchmark"] if zoo.get(info["model"]).family == "llm" else row["benchmark"]
+    rnd = row.get("round")  # the round's own software deployment, where deployments.yaml has one
     try:
         if kind == "latency":
             if scenario == "Offline":
                 return None, "latency rows are only defined for Server/Interactive"
-            # Near saturation latency depends on the load relative to capacity: a 10% capacity error
-            # turns an absolute load into an overload and TTFT grows without bound. A latency row
-            # is therefore predicted at the submission's relative load (its Server load over its own
-            # Offline throughput, times the predicted Offline throughput); capacity errors are scored
-            # by the throughput rows. Without an Offline row the absolute load is used.
+            if zoo.get(info["model"]).family != "llm":
+                # A batched benchmark has one bound (p99 latency): a submission runs at the largest
+                # load that meets it, so its p99 is the latency at that operating point, predicted
+                # at the predicted Server operating point (the same search as its throughput row).
+                pred = predictor.get(key, system, scenario, mlperf_round=rnd)
+                return _value(pred, field, metric, info)
+            # LLMs: near saturation latency depends on the load relative to capacity: a 10% capacity
+            # error turns an absolute load into an overload and TTFT grows without bound. A latency
+            # row is therefore predicted at the submission's relative load (its Server load over its
+            # own Offline throughput, times the predicted Offline throughput); capacity errors are
+            # scored by the throughput rows. Without an Offline row the absolute load is used.
             util = _utilization(row, rows)
             if util is not None:
-                qps = util * predictor.get(key, system, "Offline").samples_per_s
+                qps = util * predictor.get(key, system, "Offline", mlperf_round=rnd).samples_per_s
             else:
                 qps = _load_of(row, rows, info)
             if qps is None:
                 return None, "no throughput row for this submission to take its load from"
-            pred = predictor.get(key, system, scenario, qps=round(qps, 6))
+            pred = predictor.get(key, system, scenario, qps=round(qps, 6), mlperf_round=rnd)
         else:
-            pred = predictor.get(key, system, scenario)
+            pred = predictor.get(key, system, scenario, mlperf_round=rnd)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
+    return _value(pred, field, metric, info)
+
+
+def _value(pred: MLPerfPrediction, field: str, metric: str, info: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The row's metric read from a prediction, in the row's unit."""
     value = pred.samples_per_s * GPTJ_TOKEN_SCALING if field == "inferred_tokens_per_s" else getattr(pred, field)
     if value is None:
         return None, f"the simulation produced no {field}"
