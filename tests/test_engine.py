@@ -193,3 +193,33 @@ def test_layout_marks_strided_views_and_broadcasts():
     assert {"xt", "cols", "y3", "y4"} <= s and not {"rows", "y1", "y2", "y5"} & s
     by = {n.name: reads_strided(g, n, s) for n in nodes if n.op != "view"}
     assert by == {"a1": False, "a2": True, "a3": True, "a4": True, "a5": False}
+
+
+def test_throttle_scales_compute_energy_with_the_clock():
+    from mtiasim.power import throttle
+
+    # a compute-only run: 1 s at the top clock (t = 1/s), 400 J of compute energy, budget 100 W
+    # above 50 W static. With energy per op ~ s**b the dynamic power is 400 s**(1+b), so the cap
+    # holds at s = (100/400)**(1/(1+b)): 0.5 for b = 1 (power.yaml), 0.25 with no voltage scaling.
+    assert throttle(lambda s: 1.0 / s, 400.0, 0.0, 50.0, 150.0, exponent=1.0) == pytest.approx(0.5, rel=1e-9)
+    assert throttle(lambda s: 1.0 / s, 400.0, 0.0, 50.0, 150.0, exponent=0.0) == pytest.approx(0.25, rel=1e-9)
+    # 50 J of DRAM energy does not scale with the clock: 400 s^2 + 50 s = 100 W, s = (sqrt(162500) - 50) / 800
+    assert throttle(lambda s: 1.0 / s, 400.0, 50.0, 50.0, 150.0, exponent=1.0) == pytest.approx(
+        (162500**0.5 - 50) / 800, rel=1e-6)
+    assert throttle(lambda s: 1.0 / s, 100.0, 0.0, 50.0, 150.0, exponent=1.0) == 1.0  # within the cap
+
+
+def test_gpu_gemm_at_its_measured_rate_draws_the_power_budget():
+    from mtiasim.calibration import power_file
+    from mtiasim.power import energy_model
+
+    # GPUs run large GEMMs at their power limit: at the measured sustained FP8 rate (0.68 of the
+    # 1,979 TOPS dense peak, analytical.yaml) the matrix engines draw 0.9 x (700 W - 175 W static)
+    chip = load_chip("h100-sxm-80gb")
+    share = power_file().gemm_power_limited["gpu"].value
+    e = energy_model(chip, lambda d: 0.68)
+    peak = chip.compute.peak_ops_per_s["fp8"].value
+    assert e.matrix("fp8") * peak * 0.68 == pytest.approx(share * (700 - 175), rel=1e-9)
+    # chips of other kinds keep matrix_power_share (a GEMM at the dense peak draws that share)
+    mtia = load_chip("mtia-200")
+    assert energy_model(mtia, lambda d: 0.5) == energy_model(mtia)

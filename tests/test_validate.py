@@ -155,3 +155,23 @@ def test_batched_latency_rows_are_read_at_the_server_operating_point(tmp_path):
     p = predict("resnet50", "h100-sxm-80gb:1", "Server")
     assert thr.prediction == pytest.approx(p.samples_per_s)
     assert lat.prediction == pytest.approx(p.p99_e2e_s * 1e3) and 0 < lat.prediction <= 15.0
+
+
+def test_maxq_rows_run_at_the_submitters_power_limit(tmp_path):
+    from mtiasim.serving.mlperf import deployment
+
+    # NVIDIA's DGX-H100 MaxQ resnet50 runs cap each GPU at 300 W (configs/resnet50 power_limit)
+    assert deployment("resnet50", "h100-sxm-80gb", maxq=True)["power_limit_w"] == 300
+    assert deployment("bert", "h100-sxm-80gb", high_accuracy=True, maxq=True)["power_limit_w"] == 450
+    assert deployment("gptj", "h100-sxm-80gb", mlperf_round="v3.1", maxq=True)["power_limit_w"] == 250
+    with pytest.raises(ValueError, match="power limit is unknown"):
+        deployment("resnet50", "a100-sxm-80gb", maxq=True)
+    f = tmp_path / "maxq.csv"
+    f.write_text("round,system,accelerator,n_accel,benchmark,scenario,metric,value\n"
+                 "v4.0,DGX-H100_H100-SXM-80GBx1_TRT,H100-SXM-80GB,1,resnet50,Offline,samples_per_second,90000\n"
+                 "v4.0,DGX-H100_H100-SXM-80GBx1_TRT_MaxQ,H100-SXM-80GB,1,resnet50,Offline,samples_per_second,60000\n"
+                 "v4.0,X_MaxQ,A100-SXM-80GB,1,resnet50,Offline,samples_per_second,30000\n")
+    full, capped, unknown = validate(f).by_row
+    # clocks throttle to hold 300 W: fewer images/s, but not below the 43% of TDP the cap leaves
+    assert 0.43 * full.prediction < capped.prediction < full.prediction
+    assert unknown.prediction is None and "power limit is unknown" in unknown.reason

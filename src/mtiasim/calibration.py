@@ -70,6 +70,8 @@ class PowerFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     static_fraction_of_tdp: Fraction
     matrix_power_share: Fraction
+    gemm_power_limited: dict[str, Fraction] = Field(default_factory=dict)  # chip kind -> share at the measured rate
+    dvfs_energy_exponent: CalValue
     vector_energy_per_op_ratio: CalValue
     dram_j_per_byte: dict[str, CalValue]
     sram_j_per_byte: CalValue

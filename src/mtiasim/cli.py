@@ -297,13 +297,14 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
            scenario: str = typer.Option("Offline", "--scenario", help="Offline, Server or Interactive."),
            mlperf_round: str | None = typer.Option(None, "--round", help="MLPerf round (e.g. v3.1) whose software "
                                                    "deployment to use where it differs (deployments.yaml 'rounds')."),
+           maxq: bool = typer.Option(False, "--maxq", help="Power-capped (MaxQ) run at the submitters' power limit."),
            as_json: bool = typer.Option(False, "--json")):
     """Predict an MLPerf Inference result (LLM benchmarks, dlrm-v2, bert, resnet50) for a system."""
     from mtiasim.report.tables import serving_table
     from mtiasim.serving.mlperf import predict
 
     try:
-        p = predict(benchmark, system, scenario.capitalize(), mlperf_round=mlperf_round)
+        p = predict(benchmark, system, scenario.capitalize(), mlperf_round=mlperf_round, maxq=maxq)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:

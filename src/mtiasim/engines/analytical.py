@@ -52,7 +52,7 @@ class AnalyticalEngine:
         self.p = program
         self.chip = program.chip
         self.cal: ChipCalibration = for_chip(self.chip)
-        self.energy: EnergyModel | None = energy_model(self.chip)
+        self.energy: EnergyModel | None = energy_model(self.chip, self.sustained_gemm_fraction)
         self.notes: list[str] = []
         if self.energy is None:
             self.notes.append(f"{self.chip.name}: TDP unknown, so energy and power are not predicted "
@@ -69,6 +69,10 @@ class AnalyticalEngine:
         self.host_bw = c.host_link.bandwidth_bytes_per_s.value or 0.0
 
     # -- calibration helpers --------------------------------------------------------------
+    def sustained_gemm_fraction(self, dtype: str) -> float:
+        """The calibrated GEMM efficiency of ``dtype`` (the measured sustained fraction of peak)."""
+        return self.cal.gemm_point(dtype).measured_fraction
+
     def base_efficiency(self, dtype: str) -> float:
         """Measured GEMM efficiency divided by the tile/wave efficiency of the measured shape."""
         if dtype not in self._base:
@@ -149,21 +153,24 @@ class AnalyticalEngine:
             gemm_efficiency=eff,
         )
 
-    def kernel_energy_j(self, k: Kernel) -> float:
+    def kernel_energy_j(self, k: Kernel) -> tuple[float, float]:
+        """(compute energy: matrix, vector and SRAM, which scale with the clock's voltage; memory
+        energy: DRAM and host link, which do not) of one kernel at the top clock."""
         e, w, tr = self.energy, k.work, k.traffic
         if e is None:
-            return 0.0
+            return 0.0, 0.0
         if k.on_host:
-            return tr.host_bytes * e.host_j_per_byte
+            return 0.0, tr.host_bytes * e.host_j_per_byte
         return (w.matrix_flops * e.matrix(k.compute_dtype) + w.vector_flops * e.vector_j_per_op
-                + (tr.dram_bytes + tr.dram_gather_bytes) * e.dram_j_per_byte + tr.sram_bytes * e.sram_j_per_byte)
+                + tr.sram_bytes * e.sram_j_per_byte), (tr.dram_bytes + tr.dram_gather_bytes) * e.dram_j_per_byte
 
     # -- whole program --------------------------------------------------------------------
     def run(self, *, model: str, phase: str, batch: int, seq_len: int | None, kv_len: int | None,
             dtype: str, items: int, item_unit: str) -> Result:
         kernels = self.p.kernels
-        dyn = [self.kernel_energy_j(k) for k in kernels]
-        e_dyn = sum(dyn)
+        parts = [self.kernel_energy_j(k) for k in kernels]
+        e_compute = sum(c for c, _ in parts)
+        e_memory = sum(m for _, m in parts)
 
         at_full_clock = [self.kernel_time(k) for k in kernels]
 
@@ -173,8 +180,11 @@ class AnalyticalEngine:
             return sum(self.kernel_time(k, s).time_s for k in kernels)
 
         e = self.energy
-        s = throttle(total_time, e_dyn, e.static_w, e.tdp_w) if e else 1.0
+        s = throttle(total_time, e_compute, e_memory, e.static_w, e.tdp_w) if e else 1.0
         times = at_full_clock if s == 1.0 else [self.kernel_time(k, s) for k in kernels]
+        beta = power_file().dvfs_energy_exponent.value
+        dyn = [c * s**beta + m for c, m in parts]
+        e_dyn = sum(dyn)
         latency = sum(t.time_s for t in times)
         static = e.static_w if e else 0.0
         ops = []

@@ -1,4 +1,4 @@
-"""Energy per action, static power, and clock throttling at TDP."""
+"""Energy per action, static power, and clock throttling at TDP (or a power cap below it)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,16 @@ class EnergyModel:
         return self.matrix_j_per_op.get(dtype) or max(self.matrix_j_per_op.values())
 
 
-def energy_model(chip: ChipSpec) -> EnergyModel | None:
-    """None when the chip's TDP is unknown: energy and power are then not predicted."""
+def energy_model(chip: ChipSpec, sustained_gemm_fraction: Callable[[str], float] | None = None
+                 ) -> EnergyModel | None:
+    """None when the chip's TDP is unknown: energy and power are then not predicted.
+
+    Energy per matrix op is anchored to the chip: for a chip kind listed in power.yaml's
+    ``gemm_power_limited`` (GPUs), a GEMM running at its measured sustained rate (peak x
+    ``sustained_gemm_fraction(dtype)``, the engine's calibrated base efficiency) draws that
+    fraction of the dynamic power budget (TDP - static): such chips run large GEMMs at their power
+    limit, which the measured rate already reflects. Otherwise a GEMM at the dense peak draws
+    ``matrix_power_share`` of it."""
     p = power_file()
     tdp = chip.power.tdp_w.value
     if not tdp:
@@ -39,29 +47,41 @@ def energy_model(chip: ChipSpec) -> EnergyModel | None:
     idle = chip.power.idle_w.value if chip.power.idle_w and chip.power.idle_w.value else None
     static = idle if idle is not None else p.static_fraction_of_tdp.value * design_tdp
     dynamic = max(design_tdp - static, 0.0)
-    per_op = {d: p.matrix_power_share.value * dynamic / v.value
-              for d, v in chip.compute.peak_ops_per_s.items() if v.value}
+    limited = p.gemm_power_limited.get(chip.kind)
+    if limited is not None and sustained_gemm_fraction is not None:
+        per_op = {d: limited.value * dynamic / (v.value * sustained_gemm_fraction(d))
+                  for d, v in chip.compute.peak_ops_per_s.items() if v.value}
+    else:
+        per_op = {d: p.matrix_power_share.value * dynamic / v.value
+                  for d, v in chip.compute.peak_ops_per_s.items() if v.value}
     ref = per_op.get("bf16") or per_op.get("fp16") or max(per_op.values())
     dram = p.dram_j_per_byte.get(chip.dram.type) or p.dram_j_per_byte["default"]
     return EnergyModel(static, tdp, per_op, ref * p.vector_energy_per_op_ratio.value, dram.value,
                        p.sram_j_per_byte.value, p.host_link_j_per_byte.value)
 
 
-def throttle(times_at: Callable[[float], float], energy_dynamic_j: float, static_w: float, tdp_w: float) -> float:
-    """Clock scale s in (0, 1] so that average power over the run stays within TDP.
+def throttle(times_at: Callable[[float], float], compute_energy_j: float, other_energy_j: float, static_w: float,
+             tdp_w: float, exponent: float | None = None) -> float:
+    """Clock scale s in (0, 1] so that average power over the run stays within TDP (or a cap).
 
     ``times_at(s)`` is the run time at clock scale s (compute slows as 1/s, memory does not).
-    Dynamic energy per op is held constant (no voltage scaling: conservative). The smallest time
-    that keeps power <= TDP is E_dyn / (TDP - P_static); we find the largest s reaching it."""
-    t1 = times_at(1.0)
+    Dynamic voltage and frequency scaling: the energy of compute (matrix, vector, on-chip SRAM)
+    per op scales as s**exponent (power.yaml ``dvfs_energy_exponent``: V^2 with V tracking f),
+    DRAM and host-link energy per byte do not. Power static + E(s) / t(s) falls as s falls; we
+    find the largest s that keeps it within ``tdp_w`` (bisection on log s)."""
+    beta = power_file().dvfs_energy_exponent.value if exponent is None else exponent
     budget = tdp_w - static_w
-    if budget <= 0 or t1 <= 0 or energy_dynamic_j / t1 <= budget:
+
+    def dynamic_w(s: float) -> float:
+        t = times_at(s)
+        return (compute_energy_j * s**beta + other_energy_j) / t if t > 0 else 0.0
+
+    if budget <= 0 or times_at(1.0) <= 0 or dynamic_w(1.0) <= budget:
         return 1.0
-    t_min = energy_dynamic_j / budget
-    lo, hi = 1e-9, 1.0  # bisection on log(s): memory-heavy runs may need very low clocks
+    lo, hi = 1e-9, 1.0  # memory-heavy runs may need very low clocks
     for _ in range(80):
         mid = math.sqrt(lo * hi)
-        if times_at(mid) >= t_min:
+        if dynamic_w(mid) <= budget:
             lo = mid
         else:
             hi = mid

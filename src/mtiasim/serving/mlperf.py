@@ -41,25 +41,38 @@ def benchmark_info(benchmark: str) -> dict[str, Any]:
     return {"benchmark": base, **info}
 
 
-def deployment(benchmark: str, chip: str, high_accuracy: bool = False, mlperf_round: str | None = None
-               ) -> dict[str, Any]:
-    """The submitters' deployment of ``benchmark`` (base name) on ``chip``: the ``default`` entry,
-    then the chip's; for a -99.9 variant, then ``high_accuracy``'s default and chip entries; for a
-    round listed under ``rounds`` (software of that round, e.g. v3.1's pre-TensorRT-LLM GPT-J),
-    last that round's default and chip entries."""
+def deployment(benchmark: str, chip: str, high_accuracy: bool = False, mlperf_round: str | None = None,
+               maxq: bool = False) -> dict[str, Any]:
+    """The submitters' deployment of ``benchmark`` (base name) on ``chip``, layered: the
+    ``default`` entry, then the chip's; for a -99.9 variant ``high_accuracy``'s; for a round listed
+    under ``rounds`` (software of that round, e.g. v3.1's pre-TensorRT-LLM GPT-J) that round's;
+    for a power-capped (MaxQ) run each of those sections' ``maxq`` entries (``power_limit_w``)."""
     entries = _data("deployments.yaml").get(benchmark, {})
     high = entries.get("high_accuracy", {}) if high_accuracy else {}
     rnd = entries.get("rounds", {}).get((mlperf_round or "").lower(), {})
+    sections = [entries, high, rnd]
+    if maxq:
+        sections += [sec.get("maxq", {}) for sec in sections]
     d: dict[str, Any] = {}
     sources = []
-    for layer in (entries.get("default", {}), entries.get(chip, {}), high.get("default", {}), high.get(chip, {}),
-                  rnd.get("default", {}), rnd.get(chip, {})):
-        d.update(layer)
-        if layer.get("source"):
-            sources.append(layer["source"])
+    for sec in sections:
+        for layer in (sec.get("default", {}), sec.get(chip, {})):
+            d.update(layer)
+            if layer.get("source"):
+                sources.append(layer["source"])
     if sources:
         d["source"] = " | ".join(sources)  # every layer that set a field says where it came from
+    if maxq and "power_limit_w" not in d:
+        raise ValueError(f"no MaxQ (power-capped) deployment of {benchmark} on {chip} in data/mlperf/deployments.yaml: "
+                         "its power limit is unknown")
     return d
+
+
+def _capped(system: SystemSpec, dep: dict[str, Any]) -> SystemSpec:
+    """The system with its chips capped at the deployment's ``power_limit_w`` (a MaxQ run)."""
+    if "power_limit_w" not in dep:
+        return system
+    return system.model_copy(update={"chip_overrides": {**system.chip_overrides, "power.tdp_w": dep["power_limit_w"]}})
 
 
 def deployment_round(benchmark: str, mlperf_round: str | None) -> str | None:
@@ -94,19 +107,20 @@ def _slo(benchmark: str, scenario: str) -> SLO | dict:
 
 
 def predict(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
-            qps: float | None = None, mlperf_round: str | None = None) -> MLPerfPrediction:
+            qps: float | None = None, mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
     """Any supported MLPerf benchmark (LLM, or batched: ranking, BERT, ResNet-50); ``mlperf_round``
-    (e.g. "v3.1") selects that round's software deployment where data/mlperf/deployments.yaml has one."""
+    (e.g. "v3.1") selects that round's software deployment where data/mlperf/deployments.yaml has
+    one; ``maxq`` runs the chips at the submitters' MaxQ power limit (clocks throttle to hold it)."""
     from mtiasim.frontend import zoo
 
     if zoo.get(benchmark_info(benchmark)["model"]).family == "llm":
-        return predict_llm(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round)
-    return predict_batched(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round)
+        return predict_llm(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round, maxq=maxq)
+    return predict_batched(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round, maxq=maxq)
 
 
 def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
                     qps: float | None = None, queries: int | None = None, search_steps: int = 12,
-                    mlperf_round: str | None = None) -> MLPerfPrediction:
+                    mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
     """MLPerf dlrm-v2, bert, resnet50: Offline = best samples/s over batch sizes up to the
     submitters' batch; Server = the largest query rate whose p99 latency meets the bound, with
     dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
@@ -118,7 +132,9 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         raise ValueError(f"{benchmark} has no {scenario} scenario (Offline, Server)")
     info = benchmark_info(benchmark)
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
-    dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"), mlperf_round=mlperf_round)
+    dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"),
+                     mlperf_round=mlperf_round, maxq=maxq)
+    sysspec = _capped(sysspec, dep)
     options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
                              op_dtypes=dep.get("op_dtypes") or {})
     cost = plan_ranking(info["model"], sysspec, options)
@@ -155,7 +171,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
                 seed: int = 0, qps: float | None = None, search_steps: int = 9,
-                mlperf_round: str | None = None) -> MLPerfPrediction:
+                mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
     """Predict an MLPerf LLM result. Offline simulates the benchmark's whole sample set unless
     ``requests`` is given and reports the steady-state throughput (before the drain tail, which
     MLPerf's >= 10-minute runs amortise); each Server probe uses 3,000 requests. With ``qps``
@@ -165,7 +181,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         raise ValueError(f"scenario must be one of {SCENARIOS}, got '{scenario}'")
     info = benchmark_info(benchmark)
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
-    dep = deployment(info["benchmark"], sysspec.chip, mlperf_round=mlperf_round)
+    dep = deployment(info["benchmark"], sysspec.chip, mlperf_round=mlperf_round, maxq=maxq)
+    sysspec = _capped(sysspec, dep)
     cal = serving_calibration()
     seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
     sched = SchedulerConfig(max_num_seqs=int(seqs or dep.get("max_num_seqs", cal["max_num_seqs"].value)),

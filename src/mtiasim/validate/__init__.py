@@ -95,11 +95,11 @@ class _Predictor:
         self.cache: dict[tuple, MLPerfPrediction] = {}
 
     def get(self, benchmark: str, system: str, scenario: str, qps: float | None = None,
-            mlperf_round: str | None = None) -> MLPerfPrediction:
+            mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
         rnd = deployment_round(benchmark, mlperf_round)
-        key = (benchmark.lower().removesuffix("-99"), system, scenario, qps, rnd)
+        key = (benchmark.lower().removesuffix("-99"), system, scenario, qps, rnd, maxq)
         if key not in self.cache:
-            self.cache[key] = predict(benchmark, system, scenario, qps=qps, mlperf_round=rnd)
+            self.cache[key] = predict(benchmark, system, scenario, qps=qps, mlperf_round=rnd, maxq=maxq)
         return self.cache[key]
 
 
@@ -160,6 +160,8 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
     # they keep their own name.
     key = info["benchmark"] if zoo.get(info["model"]).family == "llm" else row["benchmark"]
     rnd = row.get("round")  # the round's own software deployment, where deployments.yaml has one
+    # a power-capped run (MLPerf's MaxQ; NVIDIA names its systems *_MaxQ) at the submitters' limit
+    run = {"mlperf_round": rnd, "maxq": "maxq" in (row.get("system") or "").lower()}
     try:
         if kind == "latency":
             if scenario == "Offline":
@@ -168,7 +170,7 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
                 # A batched benchmark has one bound (p99 latency): a submission runs at the largest
                 # load that meets it, so its p99 is the latency at that operating point, predicted
                 # at the predicted Server operating point (the same search as its throughput row).
-                pred = predictor.get(key, system, scenario, mlperf_round=rnd)
+                pred = predictor.get(key, system, scenario, **run)
                 return _value(pred, field, metric, info)
             # LLMs: near saturation latency depends on the load relative to capacity: a 10% capacity
             # error turns an absolute load into an overload and TTFT grows without bound. A latency
@@ -177,14 +179,14 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
             # scored by the throughput rows. Without an Offline row the absolute load is used.
             util = _utilization(row, rows)
             if util is not None:
-                qps = util * predictor.get(key, system, "Offline", mlperf_round=rnd).samples_per_s
+                qps = util * predictor.get(key, system, "Offline", **run).samples_per_s
             else:
                 qps = _load_of(row, rows, info)
             if qps is None:
                 return None, "no throughput row for this submission to take its load from"
-            pred = predictor.get(key, system, scenario, qps=round(qps, 6), mlperf_round=rnd)
+            pred = predictor.get(key, system, scenario, qps=round(qps, 6), **run)
         else:
-            pred = predictor.get(key, system, scenario, mlperf_round=rnd)
+            pred = predictor.get(key, system, scenario, **run)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
     return _value(pred, field, metric, info)
