@@ -498,3 +498,17 @@ def test_pipeline_parallelism():
     rep = serve_llm("llama2-70b", "h100-sxm-80gb:8", qps=None, requests=200, tp=1, dtype="bf16",
                     prompt_tokens=256, output_tokens=32)
     assert (rep.tp, rep.pp, rep.dp) == (1, 2, 4) and rep.completed == 200
+
+
+def test_405b_uses_its_long_context_dataset():
+    from mtiasim.serving.mlperf import benchmark_info
+    from mtiasim.serving.traffic import DATASET_OF, generate
+
+    # MLPerf llama3.1-405b samples long documents (inputs up to NVIDIA's max_input_len 20,000), not
+    # OpenOrca (inputs <= 1,024); mean output 684.68 tokens (reference accuracy target)
+    assert DATASET_OF["llama3.1-405b"] == benchmark_info("llama3.1-405b")["dataset"] == "mlperf_llama3.1_405b"
+    reqs = generate(20_000, None, dataset="mlperf_llama3.1_405b", seed=0)
+    prompts = np.array([r.prompt_tokens for r in reqs])
+    outputs = np.array([r.output_tokens for r in reqs])
+    assert prompts.max() <= 20_000 and prompts.mean() > 5 * 1024
+    assert outputs.mean() == pytest.approx(684.68, rel=0.05)

@@ -29,7 +29,7 @@ def datasets() -> dict:
 #: llama3.1-405b's long-context mix has no published length statistics: OpenOrca lengths stand in.
 DATASET_OF = {"llama2-70b": "openorca", "llama2-7b": "openorca", "llama2-13b": "openorca",
               "mixtral-8x7b": "openorca", "llama3.1-8b": "cnn_dailymail", "llama3.1-70b": "openorca",
-              "llama3.1-405b": "openorca", "gptj-6b": "cnn_dailymail",
+              "llama3.1-405b": "mlperf_llama3.1_405b", "gptj-6b": "cnn_dailymail",
               # batched models: what one query holds (DLRM: user-item pairs; BERT: one SQuAD sequence)
               "dlrm-v2": "criteo_aggregated", "ranking-lc": "criteo_aggregated", "ranking-hc": "criteo_aggregated",
               "bert-large": "squad_v1.1"}
