@@ -319,7 +319,7 @@ def test_ranking_streams_share_the_chip():
     arrivals, pairs = np.zeros(4), np.ones(4, dtype=int)
     for streams, want in ((1, [1e-3, 2e-3, 3e-3, 4e-3]), (2, [2e-3, 2e-3, 4e-3, 4e-3])):
         lat, batches = np.empty(4), []
-        _serve_group(list(range(4)), arrivals, pairs, LinearBatch(1e-3, 0.0), 1, 0.0, streams, lat, batches)
+        _serve_group(arrivals, pairs, LinearBatch(1e-3, 0.0), 1, 0.0, streams, lat, batches)
         assert lat == pytest.approx(want, rel=1e-12) and batches == [1, 1, 1, 1]
 
 
@@ -331,7 +331,7 @@ def test_ranking_greedy_batcher_takes_what_waits():
     # three waited meanwhile and run as one batch (1-2 ms).
     arrivals, pairs = np.array([0.0, 0.5e-3, 0.6e-3, 0.7e-3]), np.ones(4, dtype=int)
     lat, batches = np.empty(4), []
-    _serve_group(list(range(4)), arrivals, pairs, LinearBatch(1e-3, 0.0), 128, 0.0, 1, lat, batches)
+    _serve_group(arrivals, pairs, LinearBatch(1e-3, 0.0), 128, 0.0, 1, lat, batches)
     assert batches == [1, 3]
     assert lat == pytest.approx([1e-3, 1.5e-3, 1.4e-3, 1.3e-3], rel=1e-9)
 

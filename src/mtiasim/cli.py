@@ -245,7 +245,6 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         return
     if streams != 1:
         _fail(ValueError(f"--streams applies to batched models; {model} is an LLM"))
-        return
     cal = serving_calibration()
     try:
         if stack and SystemSpec.parse(system).load_chip().kind != "gpu":

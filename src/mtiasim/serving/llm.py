@@ -5,9 +5,9 @@ the paged KV cache allow it, build a step from one token per decoding sequence p
 chunks up to the step's token budget (chunked prefill), take the step's time from the cost
 model, advance the clock. A decoding sequence that needs a new KV block when none is free
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
-preemption). Requests are routed to replicas round-robin. With ``batching="static"`` (TensorRT's pre-in-flight
-batching, e.g. NVIDIA's MLPerf v3.1 GPT-J harness) a batch is admitted only when the previous one
-has finished, so short requests wait for the batch's longest.
+preemption). Requests are routed to replicas round-robin. With ``batching="static"``
+(TensorRT's batching before in-flight batching, e.g. NVIDIA's MLPerf v3.1 GPT-J harness) a batch
+is admitted only when the previous one has finished, so short requests wait for its longest.
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams

@@ -207,7 +207,7 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     pairs = mix.draw(queries, rng)
     latencies = np.empty(queries)
     batches: list[int] = []
-    _serve_group(list(range(queries)), arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches)
+    _serve_group(arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches)
     finish = float(np.max(arrivals + latencies))
     # latency percentiles over the second half of the run: past warm-up, and where an overloaded
     # system's growing backlog shows
@@ -219,24 +219,26 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
                                 mean_batch_pairs=float(np.mean(batches)))
 
 
-def _serve_group(idx: list[int], arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float,
-                 streams: int, latencies: np.ndarray, batches: list[int]) -> None:
-    """One chip group's batcher and its ``streams`` (see ``serve_ranking``); writes ``latencies``."""
+def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float, streams: int,
+                 latencies: np.ndarray, batches: list[int]) -> None:
+    """One chip group's batcher and its ``streams`` (see ``serve_ranking``) over queries in arrival
+    order; writes ``latencies`` and appends each batch's items to ``batches``."""
     q: deque[int] = deque()
+    queued = 0  # items waiting in q
     active: list[list] = []  # [remaining solo seconds, query ids] of the batches in flight
-    now, k = 0.0, 0
+    now, k, n = 0.0, 0, len(arrivals)
 
     def advance(until: float) -> None:
         """Run the batches in flight (processor sharing) up to ``until``, completing those that end."""
         nonlocal now
         while active:
-            n = len(active)
+            m = len(active)
             least = min(a[0] for a in active)
-            if now + least * n > until:
+            if now + least * m > until:
                 for a in active:
-                    a[0] -= (until - now) / n
+                    a[0] -= (until - now) / m
                 break
-            now += least * n
+            now += least * m
             for a in active:
                 a[0] -= least
             for a in [a for a in active if a[0] <= 0.0]:
@@ -245,28 +247,29 @@ def _serve_group(idx: list[int], arrivals: np.ndarray, pairs: np.ndarray, cost, 
                 active.remove(a)
         now = max(now, until)
 
-    while k < len(idx) or q or active:
-        if len(active) >= streams or (not q and k >= len(idx)):
+    while k < n or q or active:
+        if len(active) >= streams or (not q and k >= n):
             advance(now + min(a[0] for a in active) * len(active))  # wait for a stream to free up
             continue
         if not q:
-            q.append(idx[k])
+            q.append(k)
+            queued += int(pairs[k])
             k += 1
         # a stream is free: the batch opens when a query waits; it starts when the queued pairs
         # reach the target or the oldest query has waited the timeout
         t0 = max(now, arrivals[q[0]])
         deadline = max(t0, arrivals[q[0]] + timeout_s)
-        total = sum(int(pairs[i]) for i in q)
-        while k < len(idx) and total < batch_pairs and arrivals[idx[k]] <= deadline:
-            q.append(idx[k])
-            total += int(pairs[idx[k]])
+        while k < n and queued < batch_pairs and arrivals[k] <= deadline:
+            q.append(k)
+            queued += int(pairs[k])
             k += 1
-        start = deadline if total < batch_pairs else max(t0, arrivals[q[-1]])
+        start = deadline if queued < batch_pairs else max(t0, arrivals[q[-1]])
         batch, total = [], 0
         while q and (not batch or total + pairs[q[0]] <= batch_pairs):
             i = q.popleft()
             batch.append(i)
-            total += pairs[i]
+            total += int(pairs[i])
+        queued -= total
         advance(start)
         active.append([cost.batch_s(total), batch])
         batches.append(total)

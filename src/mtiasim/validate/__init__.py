@@ -162,16 +162,10 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
     rnd = row.get("round")  # the round's own software deployment, where deployments.yaml has one
     # a power-capped run (MLPerf's MaxQ; NVIDIA names its systems *_MaxQ) at the submitters' limit
     run = {"mlperf_round": rnd, "maxq": "maxq" in (row.get("system") or "").lower()}
+    if kind == "latency" and scenario == "Offline":
+        return None, "latency rows are only defined for Server/Interactive"
     try:
-        if kind == "latency":
-            if scenario == "Offline":
-                return None, "latency rows are only defined for Server/Interactive"
-            if zoo.get(info["model"]).family != "llm":
-                # A batched benchmark has one bound (p99 latency): a submission runs at the largest
-                # load that meets it, so its p99 is the latency at that operating point, predicted
-                # at the predicted Server operating point (the same search as its throughput row).
-                pred = predictor.get(key, system, scenario, **run)
-                return _value(pred, field, metric, info)
+        if kind == "latency" and zoo.get(info["model"]).family == "llm":
             # LLMs: near saturation latency depends on the load relative to capacity: a 10% capacity
             # error turns an absolute load into an overload and TTFT grows without bound. A latency
             # row is therefore predicted at the submission's relative load (its Server load over its
@@ -186,14 +180,12 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
                 return None, "no throughput row for this submission to take its load from"
             pred = predictor.get(key, system, scenario, qps=round(qps, 6), **run)
         else:
+            # throughput rows, and a batched benchmark's p99 row: it has one bound, so a submission
+            # runs at the largest load that meets it; its p99 is read at the predicted Server
+            # operating point, the same search as its throughput row
             pred = predictor.get(key, system, scenario, **run)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
-    return _value(pred, field, metric, info)
-
-
-def _value(pred: MLPerfPrediction, field: str, metric: str, info: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The row's metric read from a prediction, in the row's unit."""
     value = pred.samples_per_s * GPTJ_TOKEN_SCALING if field == "inferred_tokens_per_s" else getattr(pred, field)
     if value is None:
         return None, f"the simulation produced no {field}"
