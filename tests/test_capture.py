@@ -62,7 +62,7 @@ def test_captured_graph_matches_pytorch(name, phase, overrides):
         out = execute(g, feeds)[0]
         # the op registry's own reference numerics agree too
         ops = {"linear", "matmul", "attention", "rmsnorm", "layernorm", "softmax", "embedding", "tbe",
-               "dcn_cross", "dot_interaction", "concat"}
+               "dcn_down", "dcn_up", "dot_interaction", "concat"}
         out_ref = execute(g, feeds, reference_ops=ops)[0]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out_ref, ref, rtol=1e-4, atol=1e-5)
@@ -175,3 +175,34 @@ def test_capture_cache_is_keyed_by_the_frontend_source(tmp_path, monkeypatch):
     monkeypatch.setattr(cap, "_frontend_digest", lambda: "another-frontend")
     cap.capture_cached("tiny-linear", build, name="tiny")
     assert len(builds) == 2
+
+
+def test_capture_records_each_ops_module_path():
+    # the module path lets a deployment name a block to hand-fuse (CompileOptions.fuse_regions)
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    m = nn.Sequential(Block(), Block()).eval()
+    g = capture(m, (torch.randn(2, 8),))
+    scopes = {n.op: [] for n in g.nodes}
+    for n in g.nodes:
+        scopes[n.op].append(n.scope)
+    assert scopes["linear"] == ["0.fc", "1.fc"]
+    assert scopes["relu"] == ["0", "1"]
+
+
+def test_resnet50_res2_stage_is_the_zoo_modules_the_deployment_fuses():
+    # NVIDIA's RnRes2FullFusion covers res2a-c: the zoo's features.4-6 hold its 10 convolutions
+    # (3 bottlenecks x 3, plus res2a's projection shortcut)
+    from mtiasim.serving.mlperf import deployment
+
+    g, _ = workload_graph("resnet50", batch=1)
+    (region,) = deployment("resnet50", "h100-sxm-80gb")["fuse_regions"]
+    convs = [n for n in g.nodes if n.op == "conv2d" and any(n.scope.startswith(p + ".") for p in region)]
+    assert len(convs) == 10
+    assert {tuple(g.tensors[n.inputs[1]].shape[:2]) for n in convs} == {(64, 64), (256, 64), (64, 256)}

@@ -240,3 +240,60 @@ def test_mi300x_gemms_run_at_its_published_mamf_not_the_h100s():
     # and per peak flop the MI300X stays below the H100 (80.3% BF16 MAMF), as measured
     _, rh = run(linear_graph(m, n, k), "h100-sxm-80gb")
     assert (2 * m * n * k / rh.ops[0].time_s) / 989e12 > (2 * m * n * k / op.time_s) / 1300e12
+
+
+def two_linear_graph(scope_a="block.0", scope_b="block.1"):
+    """x -> fc_a -> relu -> fc_b: two GEMM kernels whose intermediate goes through memory."""
+    t = {"x": TensorSpec((4096, 1024), "fp32", "input"), "w1": TensorSpec((1024, 1024), "fp32", "param"),
+         "w2": TensorSpec((1024, 1024), "fp32", "param"), "h": TensorSpec((4096, 1024), "fp32"),
+         "r": TensorSpec((4096, 1024), "fp32"), "y": TensorSpec((4096, 1024), "fp32")}
+    nodes = [Node("fc_a", "linear", ["x", "w1"], ["h"], scope=f"{scope_a}.fc"),
+             Node("act", "relu", ["h"], ["r"], scope=f"{scope_a}.act"),
+             Node("fc_b", "linear", ["r", "w2"], ["y"], scope=f"{scope_b}.fc")]
+    return Graph("g2", t, nodes, ["x"], ["y"])
+
+
+def test_fuse_region_runs_a_block_as_one_kernel_with_its_intermediates_on_chip():
+    chip = load_chip("h100-sxm-80gb")
+    plain = compile(two_linear_graph(), chip, CompileOptions(dtype="bf16"))
+    assert len(plain.kernels) == 2
+    fused = compile(two_linear_graph(), chip, CompileOptions(dtype="bf16", fuse_regions=[["block.0", "block.1"]]))
+    (k,) = fused.kernels
+    assert [n.name for n in k.nodes] == ["fc_a", "act", "fc_b"] and len(k.mappings) == 2
+    # by hand (bf16, 2 B): reads x (4096x1024) and both weights (1024x1024), writes y; r never leaves
+    assert sum(k.work.bytes_read.values()) == 2 * (4096 * 1024 + 2 * 1024 * 1024)
+    assert set(k.work.bytes_written) == {"y"}
+    assert k.work.matrix_flops == 2 * (2 * 4096 * 1024 * 1024)
+    assert AnalyticalEngine(fused).run(**META).latency_s <= AnalyticalEngine(plain).run(**META).latency_s
+    # a prefix matches whole path components only: 'block.1' does not take in 'block.10'
+    assert len(compile(two_linear_graph(scope_b="block.10"), chip,
+                       CompileOptions(dtype="bf16", fuse_regions=[["block.0", "block.1"]])).kernels) == 2
+
+
+def test_fuse_region_that_matches_nothing_names_the_field():
+    with pytest.raises(ValueError, match=r"fuse_regions\[0\].*'blocks.9'.*matches no op.*block.0"):
+        compile(two_linear_graph(), load_chip("h100-sxm-80gb"), CompileOptions(dtype="bf16", fuse_regions=[["blocks.9"]]))
+
+
+def test_concat_joins_the_producer_of_its_largest_input():
+    # cat([small, big]): fused into big's producer, the big intermediate is never written (TensorRT's
+    # DLRMv2 embedding plugin writes the interaction input in place); small is read once
+    t = {"a": TensorSpec((64, 16), "fp32", "input"), "b": TensorSpec((64, 4096), "fp32", "input"),
+         "wa": TensorSpec((16, 16), "fp32", "param"), "wb": TensorSpec((4096, 4096), "fp32", "param"),
+         "sa": TensorSpec((64, 16), "fp32"), "sb": TensorSpec((64, 4096), "fp32"), "y": TensorSpec((64, 4112), "fp32")}
+    nodes = [Node("small", "linear", ["a", "wa"], ["sa"]), Node("big", "linear", ["b", "wb"], ["sb"]),
+             Node("cat", "concat", ["sa", "sb"], ["y"], {"dim": 1})]
+    p = compile(Graph("c", t, nodes, ["a", "b"], ["y"]), load_chip("h100-sxm-80gb"), CompileOptions(dtype="bf16"))
+    assert [[n.name for n in k.nodes] for k in p.kernels] == [["small"], ["big", "cat"]]
+    assert set(p.kernels[1].work.bytes_written) == {"y"} and "sa" in p.kernels[1].work.bytes_read
+
+
+def test_dlrm_cross_layer_precision_override_reaches_both_of_its_kernels():
+    from mtiasim.api import workload_graph
+
+    g, _ = workload_graph("dlrm-v2", batch=512, rows=(1000,) * 26)
+    p = compile(g, load_chip("h100-sxm-80gb"), CompileOptions(dtype="int8", op_dtypes={"dcn_cross": "fp16"}))
+    dcn = [k for k in p.kernels if k.op in ("dcn_down", "dcn_up")]
+    assert len(dcn) == 6 and all(k.compute_dtype == "fp16" for k in dcn)  # 3 layers x (down, up)
+    assert {p.graph.tensors[n.inputs[1 if n.op == "dcn_down" else 3]].dtype for k in dcn for n in k.nodes} == {"fp16"}
+    assert all(k.compute_dtype == "int8" for k in p.kernels if k.op == "linear")  # the MLPs stay INT8

@@ -90,12 +90,33 @@ def test_tbe_dlrm_v2_lookups_by_hand():
     assert w.vector_flops == 4 * 214 * 128
 
 
-def test_dcn_cross_by_hand():
-    # B=16, D=3456, rank 512: two GEMMs of 2*B*D*r each
+def test_dcn_cross_layer_is_two_gemm_kernels_by_hand():
+    # B=16, D=3456, rank 512 (MLPerf DLRMv2): down-projection [16,3456]x[3456,512], then the
+    # up-projection [16,512]x[512,3456] whose epilogue reads x0 and xl and writes x_{l+1}
     x, u, v, b = T((16, 3456)), T((512, 3456), kind="param"), T((3456, 512), kind="param"), T((3456,), kind="param")
-    w = get_op("dcn_cross").work([x, x, u, v, b], [x], {})
-    assert w.matrix_flops == 2 * (2 * 16 * 3456 * 512)
-    assert w.vector_flops == 3 * 16 * 3456
+    (h,) = get_op("dcn_down").infer([x, u], {})
+    assert h.shape == (16, 512)
+    down = get_op("dcn_down").work([x, u], [h], {})
+    assert down.matrix_flops == 2 * 16 * 3456 * 512 and down.vector_flops == 0
+    up = get_op("dcn_up").work([x, x, h, v, b], [x], {})
+    assert up.matrix_flops == 2 * 16 * 3456 * 512
+    assert up.vector_flops == 3 * 16 * 3456  # bias, product with x0, residual
+    # the epilogue's traffic: x0, xl and h in (fp16: 2 B), V and bias, x_{l+1} out
+    assert up.bytes_read == {"in0": 16 * 3456 * 2, "in1": 16 * 3456 * 2, "in2": 16 * 512 * 2,
+                             "in3": 3456 * 512 * 2, "in4": 3456 * 2}
+    assert up.bytes_written == {"out0": 16 * 3456 * 2}
+    # both answer to the layer's precision override (MLPerf DLRM 99.9%: {'dcn_cross': 'fp16'})
+    assert get_op("dcn_down").precision_key == get_op("dcn_up").precision_key == "dcn_cross"
+    assert get_op("linear").precision_key == "linear"
+
+
+def test_dcn_kernels_reject_mismatched_shapes():
+    x, u = T((16, 3456)), T((512, 1000), kind="param")
+    with pytest.raises(ValueError, match="dcn_down.*U is"):
+        get_op("dcn_down").infer([x, u], {})
+    h, v, b = T((16, 512)), T((3456, 256), kind="param"), T((3456,), kind="param")
+    with pytest.raises(ValueError, match="dcn_up.*V"):
+        get_op("dcn_up").infer([x, x, h, v, b], {})
 
 
 def test_moe_expert_kernels_count_routed_tokens_and_their_intermediates():

@@ -46,7 +46,7 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     adtype = compute_dtype(chip, options.act_dtype or vdtype)  # attention runs in the activation precision
 
     base = view_bases(graph)
-    groups = group(graph, options.fuse, appends)
+    groups = group(graph, options.fuse, appends, options.fuse_regions)
     strided = strided_tensors(graph)
     owner = {base.get(o, o): i for i, g in enumerate(groups) for n in g for o in n.outputs}
     external: dict[int, set[str]] = {i: set() for i in range(len(groups))}
@@ -65,8 +65,9 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     for i, g in enumerate(groups):
         work = kernel_work(graph, g, base, external[i])
         anchor = g[0]
-        if anchor.op in options.op_dtypes:
-            cdtype = compute_dtype(chip, options.op_dtypes[anchor.op])
+        key = get_op(anchor.op).precision_key
+        if key in options.op_dtypes:
+            cdtype = compute_dtype(chip, options.op_dtypes[key])
         elif anchor.op == "attention":
             cdtype = adtype
         else:

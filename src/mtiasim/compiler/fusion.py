@@ -6,7 +6,10 @@
   learns how many keys came from the cache.
 - A pointwise node (or a concat) is fused into the kernel that produces one of its inputs when
   that intermediate has no other consumer (epilogue fusion, as TorchInductor and the MTIA graph
-  compiler do): the intermediate is never written to or read from memory.
+  compiler do): the intermediate is never written to or read from memory. Of several such
+  producers it joins the one with the largest output (the most traffic saved).
+- Hand-fused regions (``CompileOptions.fuse_regions``: module paths) become one kernel each, as
+  a submitter's fused plugin runs a whole block with its intermediates on chip.
 Kernel work is then the sum of its nodes' work, minus traffic to tensors internal to the kernel.
 """
 
@@ -58,7 +61,20 @@ def _fusable(node: Node) -> bool:
     return get_op(node.op).pointwise or node.op == "concat"
 
 
-def group(graph: Graph, fuse: bool, kv_appends: set[str]) -> list[list[Node]]:
+def _region_of(node: Node, regions: list[list[str]]) -> int | None:
+    scope = node.scope
+    if scope is None:
+        return None
+    for i, prefixes in enumerate(regions):
+        if any(scope == p or scope.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def group(graph: Graph, fuse: bool, kv_appends: set[str], regions: list[list[str]] | None = None) -> list[list[Node]]:
+    """Nodes grouped into kernels, in order. ``regions`` (lists of module-path prefixes) are
+    hand-fused: all ops whose scope falls in one region form one kernel."""
+    regions = regions or []
     base = view_bases(graph)
     consumers: dict[str, int] = {}
     for node in graph.nodes:
@@ -72,18 +88,35 @@ def group(graph: Graph, fuse: bool, kv_appends: set[str]) -> list[list[Node]]:
 
     groups: list[list[Node]] = []
     owner: dict[str, int] = {}  # tensor -> index of the group producing it
+    region_group: dict[int, int] = {}  # region -> index of its kernel
     for node in graph.nodes:
         op = get_op(node.op)
         if op.is_view or node.op == "const":
             continue
         target = None
+        region = _region_of(node, regions) if fuse and regions else None
+        if region is not None:
+            target = region_group.get(region)
+            if target is None:
+                groups.append([node])
+                target = region_group[region] = len(groups) - 1
+            else:
+                groups[target].append(node)
+            for o in node.outputs:
+                owner[o] = target
+            continue
         if fuse and _fusable(node) and node.name not in kv_appends:
+            # of the producers it could join, the one whose output is largest: that intermediate
+            # is the most traffic saved (a concat's big input is written straight into its slice
+            # of the output, as TensorRT's DLRMv2 embedding plugin writes the interaction input)
+            best = -1.0
             for t in node.inputs:
                 b = base.get(t, t)
                 g = owner.get(b)
                 if g is not None and consumers.get(b, 0) == 1 and groups[g][0].op not in ("cpu_fallback", "kv_append"):
-                    target = g
-                    break
+                    size = graph.tensors[b].nbytes
+                    if size > best:
+                        target, best = g, size
         if target is None:
             groups.append([node])
             target = len(groups) - 1
@@ -91,6 +124,12 @@ def group(graph: Graph, fuse: bool, kv_appends: set[str]) -> list[list[Node]]:
             groups[target].append(node)
         for o in node.outputs:
             owner[o] = target
+    if fuse:
+        for i, prefixes in enumerate(regions):
+            if i not in region_group:
+                scopes = sorted({n.scope for n in graph.nodes if n.scope})[:3]
+                raise ValueError(f"fuse_regions[{i}] {prefixes} matches no op of '{graph.name}' "
+                                 f"(op scopes look like {scopes or 'nothing: the graph has no module paths'})")
     return groups
 
 

@@ -25,6 +25,10 @@ class CompileOptions(BaseModel):
     op_dtypes: dict[str, str] = Field(default_factory=dict,
                                       description="per-op precision, e.g. {'dcn_cross': 'fp16'} (MLPerf DLRM 99.9%)")
     fuse: bool = True
+    fuse_regions: list[list[str]] = Field(default_factory=list, description=(
+        "hand-fused regions: each is a list of module paths (prefixes of the ops' scope, e.g. "
+        "'features.4') whose ops run as one kernel, their intermediates never leaving the chip, as a "
+        "submitter's fused plugin does (NVIDIA's ResNet-50 RnRes2FullFusion runs the whole res2 stage)"))
     pin_weights_in_sram: bool = True
     kv_in_place: bool = Field(default=True, description=(
         "a KV-cache concat appends the new rows in place (paged KV cache, as serving stacks do); "

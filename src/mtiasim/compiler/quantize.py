@@ -13,6 +13,7 @@ from dataclasses import replace
 from mtiasim.chips.schema import ChipSpec
 from mtiasim.graph.dtypes import INDEX_DTYPES
 from mtiasim.graph.ir import Graph
+from mtiasim.graph.ops import get_op
 
 FALLBACK: dict[str, list[str]] = {
     "fp32": ["fp32", "tf32", "bf16", "fp16"],
@@ -28,7 +29,7 @@ FALLBACK: dict[str, list[str]] = {
 }
 
 #: ops whose parameter inputs are stored in the requested (possibly low-precision) format
-QUANTIZED_PARAM_OPS = {"linear", "matmul", "dcn_cross", "moe_router", "moe_expert_up", "moe_expert_down", "embedding",
+QUANTIZED_PARAM_OPS = {"linear", "matmul", "dcn_down", "dcn_up", "moe_router", "moe_expert_up", "moe_expert_down", "embedding",
                        "embedding_bag", "tbe", "conv2d"}
 
 
@@ -55,10 +56,11 @@ def assign_dtypes(graph: Graph, requested: str, kv_inputs: set[str], kv_dtype: s
     op_dtypes = op_dtypes or {}
     quantized: dict[str, str] = {}
     for node in graph.nodes:
-        if node.op in QUANTIZED_PARAM_OPS or node.op in op_dtypes:
+        key = get_op(node.op).precision_key
+        if node.op in QUANTIZED_PARAM_OPS or key in op_dtypes:
             for t in node.inputs:
                 if graph.tensors[t].kind in ("param", "buffer"):
-                    quantized[t] = op_dtypes.get(node.op, requested)
+                    quantized[t] = op_dtypes.get(key, requested)
     # a parameter viewed before use (e.g. weight[e] slices) inherits through the view
     tensors = {}
     for name, spec in graph.tensors.items():

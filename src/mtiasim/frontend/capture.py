@@ -41,6 +41,14 @@ def _source(n: torch.fx.Node) -> str | None:
     return f"{path}:{line} in {fn}: {code.strip()}"
 
 
+def _scope(n: torch.fx.Node) -> str | None:
+    """Module path of the innermost nn.Module the op was called in ('' for the top module)."""
+    stack = n.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    return str(list(stack.values())[-1][0])
+
+
 def _packet(target: Any) -> str:
     s = str(target)  # "aten.linear.default" / "mtiasim.tbe.default"
     return s.rsplit(".", 1)[0] if s.count(".") >= 2 else s
@@ -144,7 +152,7 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
             nodes.append(Node(n.name, "cpu_fallback", ins, out_names,
                               {"aten": packet, "shapes": [s.shape for s in out_specs],
                                "dtypes": [s.dtype for s in out_specs], "call": call},
-                              _source(n), packet))
+                              _source(n), packet, _scope(n)))
             continue
         try:
             op, targs, attrs = rule(n)
@@ -152,7 +160,7 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
             problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}: {e}")
             continue
         ins = [names[t.name] for t in targs if t is not None]
-        src = _source(n)
+        src, scope = _source(n), _scope(n)
         if op == "moe_ffn":  # one op in PyTorch; in the IR the kernels GPUs run (graph/ops/moe.py)
             x, router, w1, w3, w2 = ins
             g, e, h2, h, y = (f"{n.name}.{s}" for s in ("gates", "experts", "gate_up", "act", "down"))
@@ -162,15 +170,22 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
             tensors[h2] = TensorSpec((t * k, 2 * f), tensors[x].dtype)
             tensors[h] = TensorSpec((t * k, f), tensors[x].dtype)
             tensors[y] = TensorSpec((t * k, d), tensors[x].dtype)
-            nodes += [Node(f"{n.name}.router", "moe_router", [x, router], [g, e], dict(attrs), src, packet),
-                      Node(f"{n.name}.up", "moe_expert_up", [x, e, w1, w3], [h2], {}, src, packet),
-                      Node(f"{n.name}.act", "silu_and_mul", [h2], [h], {}, src, packet),
-                      Node(f"{n.name}.down", "moe_expert_down", [h, e, w2], [y], {}, src, packet),
-                      Node(n.name, "moe_combine", [y, g], out_names[:1], {}, src, packet)]
+            nodes += [Node(f"{n.name}.router", "moe_router", [x, router], [g, e], dict(attrs), src, packet, scope),
+                      Node(f"{n.name}.up", "moe_expert_up", [x, e, w1, w3], [h2], {}, src, packet, scope),
+                      Node(f"{n.name}.act", "silu_and_mul", [h2], [h], {}, src, packet, scope),
+                      Node(f"{n.name}.down", "moe_expert_down", [h, e, w2], [y], {}, src, packet, scope),
+                      Node(n.name, "moe_combine", [y, g], out_names[:1], {}, src, packet, scope)]
+            continue
+        if op == "dcn_cross":  # one op in PyTorch; two GEMM kernels on every stack (graph/ops/dense.py)
+            x0, xl, u, v, b = ins
+            h = f"{n.name}.down"
+            tensors[h] = TensorSpec((*tensors[xl].shape[:-1], tensors[u].shape[0]), tensors[xl].dtype)
+            nodes += [Node(h, "dcn_down", [xl, u], [h], {}, src, packet, scope),
+                      Node(n.name, "dcn_up", [x0, xl, h, v, b], out_names[:1], {}, src, packet, scope)]
             continue
         n_out = 1 if op in ("embedding_bag", "layernorm", "batchnorm", "pool2d") else len(out_names)
         attrs["call"] = call
-        nodes.append(Node(n.name, op, ins, out_names[:n_out], attrs, src, packet))
+        nodes.append(Node(n.name, op, ins, out_names[:n_out], attrs, src, packet, scope))
 
     if problems:
         raise CaptureError(

@@ -41,6 +41,9 @@ class Node:
     attrs: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     aten: str | None = None
+    #: module path of the op in the captured nn.Module (torch.export's nn_module_stack), e.g.
+    #: 'features.4.body.0'; '' for the top module, None when unknown
+    scope: str | None = None
 
 
 @dataclass

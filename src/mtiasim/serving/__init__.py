@@ -264,7 +264,7 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
     mix, _, _ = batch_workload(entry.name)
     unit = "user-item pair" if entry.family == "ranking" else "sample"
     if qps is None:
-        pairs_s = cost.best_throughput_pairs_per_s(batch_pairs) * groups
+        pairs_s = cost.throughput_pairs_per_s(batch_pairs) * groups
         rep = RankingReport(model=entry.name, item_unit=unit, system=sysspec.name, dtype=dt, qps=None, queries=0,
                             samples_per_s=pairs_s / mix.mean, pairs_per_s=pairs_s, p50_latency_s=None,
                             p99_latency_s=None, mean_batch_pairs=None, batch_pairs=batch_pairs,

@@ -146,6 +146,11 @@ class RankingBatchCost:
             return float(np.interp(pairs, x, y))
         return float(y[-1] * pairs / x[-1])
 
+    def throughput_pairs_per_s(self, batch: int) -> float:
+        """Items per second running full batches of ``batch`` items back to back (Offline: every
+        query is there from the start, so the harness's batches are all full)."""
+        return batch / self.batch_s(batch)
+
     def best_throughput_pairs_per_s(self, max_batch: int) -> float:
         x, y = self._grid
         ok = x <= max_batch

@@ -76,6 +76,14 @@ class OpDef:
     pointwise: ClassVar[bool] = False
     #: zero-cost view ops (no data movement)
     is_view: ClassVar[bool] = False
+    #: the name a per-op precision override (``CompileOptions.op_dtypes``) knows this op by, when
+    #: one PyTorch-level layer becomes several kernels (e.g. a DCNv2 cross layer's dcn_down and
+    #: dcn_up both answer to 'dcn_cross'); None: the op's own name
+    precision_group: ClassVar[str | None] = None
+
+    @property
+    def precision_key(self) -> str:
+        return self.precision_group or self.name
 
     def infer(self, inputs: Sequence[TensorSpec], attrs: dict[str, Any]) -> list[TensorSpec]:
         raise NotImplementedError(f"op '{self.name}' has no shape inference")

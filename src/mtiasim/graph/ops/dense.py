@@ -1,4 +1,4 @@
-"""Matrix-engine ops: linear, batched matmul, DCNv2 cross layer, DLRM dot interaction (MoE: moe.py)."""
+"""Matrix-engine ops: linear, batched matmul, DCNv2 cross layer (down / up kernels), DLRM dot interaction (MoE: moe.py)."""
 
 from __future__ import annotations
 
@@ -68,31 +68,61 @@ class Matmul(OpDef):
 
 
 @register_op
-class DCNCross(OpDef):
-    """Low-rank DCNv2 cross layer ``x0 * (V(U xl) + b) + xl`` (DCN V2, WWW'21, eq. 1).
+class DCNDown(OpDef):
+    """Down-projection of a low-rank DCNv2 cross layer: ``h = xl @ U.T``; xl [B, D], u [r, D] ->
+    h [B, r]. One GEMM of 2*B*D*r flops. Its own kernel on every stack that runs DCNv2: TorchRec's
+    ``LowRankCrossNet`` calls two matmuls, and NVIDIA's MLPerf DLRMv2 TensorRT network builds the
+    layer as two 1x1 convolutions (V, then W with the bias)."""
 
-    x0, xl [B, D]; u [r, D]; v [D, r]; b [D]. Two GEMMs of 2*B*D*r flops each, then 3*B*D
-    pointwise flops (bias, product, residual)."""
-
-    name = "dcn_cross"
+    name = "dcn_down"
     engine = "matrix"
+    precision_group = "dcn_cross"
 
     def infer(self, inputs, attrs):
-        x0, xl, u, v, b = inputs
-        if x0.shape != xl.shape or u.shape[1] != xl.shape[-1] or v.shape != (u.shape[1], u.shape[0]):
-            raise self.fail(f"shapes x0 {x0.shape}, xl {xl.shape}, U {u.shape}, V {v.shape} do not fit")
+        xl, u = inputs
+        if u.shape[1] != xl.shape[-1]:
+            raise self.fail(f"xl {list(xl.shape)} has D={xl.shape[-1]} but U is {list(u.shape)} (expects [r, D])")
+        return [TensorSpec((*xl.shape[:-1], u.shape[0]), xl.dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        xl, u = inputs
+        g = GemmShape(1, prod(xl.shape[:-1]), u.shape[0], u.shape[1])
+        rd, wr = _io(inputs, outputs)
+        return Work(matrix_flops=g.flops, bytes_read=rd, bytes_written=wr, gemms=[g])
+
+    def reference(self, xl, u, **_):
+        return F.linear(xl, u)
+
+
+@register_op
+class DCNUp(OpDef):
+    """Up-projection of a low-rank DCNv2 cross layer with the cross term in its epilogue:
+    ``x0 * (h @ V.T + b) + xl`` (DCN V2, WWW'21, eq. 1 with W = V U); x0, xl [B, D], h [B, r],
+    v [D, r], b [D]. One GEMM of 2*B*D*r flops; the bias, product and residual (3*B*D flops) ride
+    in the epilogue, which reads x0 and xl beside the GEMM's operands (NVIDIA's DLRMv2 builder
+    sets TensorRT's builder optimisation level 4 for Myelin's ConvMulAdd fusion of exactly this)."""
+
+    name = "dcn_up"
+    engine = "matrix"
+    precision_group = "dcn_cross"
+
+    def infer(self, inputs, attrs):
+        x0, xl, h, v, b = inputs
+        if (x0.shape != xl.shape or v.shape != (xl.shape[-1], h.shape[-1]) or b.shape != (xl.shape[-1],)
+                or h.shape[:-1] != xl.shape[:-1]):
+            raise self.fail(f"shapes x0 {list(x0.shape)}, xl {list(xl.shape)}, h {list(h.shape)}, V {list(v.shape)}, "
+                            f"bias {list(b.shape)} do not fit (V [D, r], bias [D])")
         return [TensorSpec(xl.shape, xl.dtype)]
 
     def work(self, inputs, outputs, attrs):
-        x0, xl, u, v, b = inputs
-        bsz, d, r = prod(xl.shape[:-1]), xl.shape[-1], u.shape[0]
-        gemms = [GemmShape(1, bsz, r, d), GemmShape(1, bsz, d, r)]
+        x0, xl, h, v, b = inputs
+        bsz, d, r = prod(xl.shape[:-1]), xl.shape[-1], h.shape[-1]
+        g = GemmShape(1, bsz, d, r)
         rd, wr = _io(inputs, outputs)
-        return Work(matrix_flops=sum(g.flops for g in gemms), vector_flops=3.0 * bsz * d,
-                    bytes_read=rd, bytes_written=wr, gemms=gemms)
+        return Work(matrix_flops=g.flops, vector_flops=3.0 * bsz * d, bytes_read=rd, bytes_written=wr, gemms=[g])
 
-    def reference(self, x0, xl, u, v, b, **_):
-        return x0 * F.linear(F.linear(xl, u), v, b) + xl
+    def reference(self, x0, xl, h, v, b, **_):
+        return x0 * F.linear(h, v, b) + xl
 
 
 @register_op
