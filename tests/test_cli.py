@@ -182,6 +182,21 @@ def test_run_set_more_dram_bandwidth_is_not_slower(dlrm_run):
     assert d["latency_s"] <= dlrm_run["latency_s"] * (1 + 1e-9)
 
 
+def test_run_fuse_region_makes_one_kernel_and_is_not_slower():
+    args = ["run", "resnet50", "--chip", "h100-sxm-80gb", "--batch", "256", "--engine", "gpu", "--json"]
+    plain = ok_json(*args)
+    fused = ok_json(*args, "--fuse-region", "features.4,features.5,features.6")
+    # res2's 10 convolutions (and their BN, ReLU and residual adds) become one kernel
+    assert len(plain["ops"]) - len(fused["ops"]) == 9
+    assert fused["latency_s"] < plain["latency_s"]
+    assert sum(o["bytes"] for o in fused["ops"]) < sum(o["bytes"] for o in plain["ops"])
+
+
+def test_run_fuse_region_that_matches_nothing_names_the_option():
+    fails_with(["run", "resnet50", "--chip", "h100-sxm-80gb", "--fuse-region", "layer1"],
+               "fuse_regions[0]", "'layer1'", "matches no op", "features.0")
+
+
 # ------------------------------------------------------------------------------ compare
 
 def test_compare_dlrm_json_and_plot(tmp_path):

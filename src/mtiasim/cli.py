@@ -11,6 +11,7 @@ from rich.console import Console
 
 from mtiasim import api
 from mtiasim.chips import ChipError, list_chips, load_chip
+from mtiasim.compiler import CompileOptions
 from mtiasim.frontend import zoo
 from mtiasim.frontend.capture import CaptureError
 from mtiasim.graph.ops.base import OpError
@@ -123,12 +124,20 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
         stack: str | None = typer.Option(None, "--stack", help="gpu engine: software stack "
                                          "(tensorrt-llm, vllm, pytorch-eager, pytorch-cuda-graph)."),
+        fuse_region: list[str] | None = typer.Option(None, "--fuse-region", help=(
+            "Hand-fuse the ops of these module paths (comma-separated) into one kernel, its intermediates "
+            "on chip; repeatable, e.g. --fuse-region features.4,features.5,features.6 (ResNet-50's res2, "
+            "as NVIDIA's TensorRT plugin runs it).")),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Simulate one model on one chip: per-kernel table and totals."""
     try:
+        options = None
+        if fuse_region:
+            regions = [[p.strip() for p in r.split(",") if p.strip()] for r in fuse_region]
+            options = CompileOptions(dtype=dtype, fuse_regions=regions)
         r = api.simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=phase, kv_len=kv_len,
                          chip_overrides=_overrides(set_), allow_cpu_fallback=allow_cpu_fallback, engine=engine,
-                         engine_options={"stack": stack} if stack else None, act_dtype=act_dtype)
+                         engine_options={"stack": stack} if stack else None, act_dtype=act_dtype, options=options)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:
