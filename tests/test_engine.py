@@ -297,3 +297,26 @@ def test_dlrm_cross_layer_precision_override_reaches_both_of_its_kernels():
     assert len(dcn) == 6 and all(k.compute_dtype == "fp16" for k in dcn)  # 3 layers x (down, up)
     assert {p.graph.tensors[n.inputs[1 if n.op == "dcn_down" else 3]].dtype for k in dcn for n in k.nodes} == {"fp16"}
     assert all(k.compute_dtype == "int8" for k in p.kernels if k.op == "linear")  # the MLPs stay INT8
+
+
+def test_concurrent_batches_share_the_activation_room_not_the_weights():
+    # two 8 MB activations between GEMMs: alone they fit an H100's L2 activation reserve (half of
+    # 50 MiB); with four batches running at once each batch gets a quarter of it and they spill
+    t = {"x": TensorSpec((2048, 2048), "bf16", "input"), "w1": TensorSpec((2048, 2048), "bf16", "param"),
+         "w2": TensorSpec((2048, 2048), "bf16", "param"), "h": TensorSpec((2048, 2048), "bf16"),
+         "y": TensorSpec((2048, 2048), "bf16")}
+    g = Graph("c", t, [Node("a", "linear", ["x", "w1"], ["h"]), Node("b", "linear", ["h", "w2"], ["y"])], ["x"], ["y"])
+    chip = load_chip("h100-sxm-80gb")
+    alone = compile(g, chip, CompileOptions(dtype="bf16"))
+    four = compile(g, chip, CompileOptions(dtype="bf16", concurrent_batches=4))
+    assert alone.kernels[0].traffic.sram_bytes == 2048 * 2048 * 2  # h written to L2
+    assert four.kernels[0].traffic.sram_bytes == 0 and four.kernels[1].traffic.dram_bytes > alone.kernels[1].traffic.dram_bytes
+    assert AnalyticalEngine(four).run(**META).latency_s >= AnalyticalEngine(alone).run(**META).latency_s
+    # a software-managed SRAM keeps its weights pinned whatever the number of streams: MTIA 2i
+    # (256 MB LLS) pins both 8 MB weights either way
+    mtia = load_chip("mtia-200")
+    for n in (1, 4):
+        p = compile(g, mtia, CompileOptions(dtype="bf16", concurrent_batches=n))
+        assert p.memory.sram_pinned_bytes == 2 * 2048 * 2048 * 2
+    with pytest.raises(ValueError, match="concurrent_batches"):
+        CompileOptions(concurrent_batches=0)

@@ -79,7 +79,7 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
         kernels.append(k)
 
     cal = for_chip(chip)
-    pinned, reserve = plan(graph, chip, kernels, base, cal, options.pin_weights_in_sram)
+    pinned, reserve = plan(graph, chip, kernels, base, cal, options.pin_weights_in_sram, options.concurrent_batches)
     kv_bytes = sum(graph.tensors[t].nbytes for t in cache_inputs)
     weights = graph.param_bytes()
     mem = MemoryPlan(weight_bytes=weights, kv_cache_bytes=kv_bytes, peak_activation_bytes=reserve,

@@ -10,7 +10,8 @@ Policy (ISCA'25 section 5.4's LLS/LLC autotune, simplified):
    a model's weights pass through it once per run and are evicted by the next layer's, so they
    stream from DRAM (measured: back-to-back GEMMs on an H100 stream their weights at the same rate
    whatever their size, ``data/calibration/measured``).
-2. Activations whose size fits the activation reserve live in SRAM; larger ones go to DRAM, and
+2. Activations whose size fits the activation reserve (shared by the copies of the program that
+   run at once, ``CompileOptions.concurrent_batches``) live in SRAM; larger ones go to DRAM, and
    so do the graph's outputs, which leave the program (measured: an L2-sized copy on an H100
    runs at HBM speed, not L2 speed). A KV-cache append's output is the cache itself: it is read
    from and written to DRAM, whatever its size.
@@ -32,23 +33,27 @@ SOFTWARE_MANAGED = ("llc_lls", "scratchpad")
 
 
 def plan(graph: Graph, chip: ChipSpec, kernels: list[Kernel], base: dict[str, str], cal: ChipCalibration,
-         pin_weights: bool) -> tuple[float, float]:
-    """Fill each kernel's ``traffic``. Returns (sram bytes pinned by weights, activation reserve)."""
+         pin_weights: bool, concurrent: int = 1) -> tuple[float, float]:
+    """Fill each kernel's ``traffic``. Returns (sram bytes pinned by weights, activation reserve).
+
+    ``concurrent`` copies of the program run at once on the chip (a serving harness's inference
+    streams): they share the weights but each needs its own activations, so each gets
+    1/``concurrent`` of the activation room."""
     sram = chip.sram_bytes
     gathered = {base.get(t, t) for k in kernels for t in k.work.gather}
     largest_kernel = max((sum(graph.tensors[t].nbytes for t in k.work.bytes_read
                               if graph.tensors[base.get(t, t)].kind == "activation")
                           + sum(k.work.bytes_written.values()) for k in kernels), default=0.0)
-    reserve = min(largest_kernel, sram / 2)
+    reserve = min(largest_kernel, sram / 2 / concurrent)
     weights = sorted(((graph.tensors[t].nbytes, t) for t in graph.params() if t not in gathered), reverse=True)
     pinned: set[str] = set()
-    free = sram - reserve
+    free = sram - reserve * concurrent
     if pin_weights and chip.sram is not None and chip.sram.kind in SOFTWARE_MANAGED:
         for size, t in weights:
             if size <= free:
                 pinned.add(t)
                 free -= size
-    pinned_bytes = sram - reserve - free
+    pinned_bytes = sram - reserve * concurrent - free
 
     outputs = set(graph.outputs)  # the program's results leave it through DRAM
     # a KV-cache append writes into the cache, which lives in DRAM: what reads it reads DRAM

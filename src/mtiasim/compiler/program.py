@@ -30,6 +30,9 @@ class CompileOptions(BaseModel):
         "'features.4') whose ops run as one kernel, their intermediates never leaving the chip, as a "
         "submitter's fused plugin does (NVIDIA's ResNet-50 RnRes2FullFusion runs the whole res2 stage)"))
     pin_weights_in_sram: bool = True
+    concurrent_batches: int = Field(default=1, ge=1, description=(
+        "copies of the program running at once on the chip (a serving harness's inference streams): "
+        "they share the weights, each keeps its own activations in SRAM/L2"))
     kv_in_place: bool = Field(default=True, description=(
         "a KV-cache concat appends the new rows in place (paged KV cache, as serving stacks do); "
         "False: it copies the whole cache, as eager PyTorch's torch.cat does"))

@@ -246,8 +246,9 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
                         seed: int = 0, slo_p99_s: float | None = None, streams: int = 1) -> RankingReport:
     """Poisson queries over the system's chips, each holding the whole model (ranking, encoder and
     vision models; a DLRM query aggregates user-item pairs as in MLPerf DLRM-v2, the others are one
-    sample each, and ``batch_pairs`` counts items); ``qps`` None gives the Offline throughput (best
-    batch up to ``batch_pairs``). Each chip group runs up to ``streams`` batches at once.
+    sample each, and ``batch_pairs`` counts items); ``qps`` None gives the Offline throughput (full
+    batches of ``batch_pairs``). Each chip group runs up to ``streams`` batches at once, which
+    share its SRAM/L2.
     ``queries`` is how many queries one (representative) chip group serves."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.frontend import zoo
@@ -259,7 +260,8 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
         raise ValueError(f"{model} is an LLM; LLMs use serve_llm")
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dt = dtype or entry.default_dtype
-    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt))
+    # concurrent streams each keep their batch's activations in 1/streams of the chip's SRAM/L2
+    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt, concurrent_batches=streams if qps else 1))
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(entry.name)
     unit = "user-item pair" if entry.family == "ranking" else "sample"

@@ -142,8 +142,11 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"),
                      mlperf_round=mlperf_round, maxq=maxq, scenario=scenario)
     sysspec = _capped(sysspec, dep)
+    streams = int(dep.get("server_streams", 1)) if scenario == "Server" else 1
+    # Server streams run their batches at once: each keeps its activations in 1/streams of SRAM/L2
     options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
-                             op_dtypes=dep.get("op_dtypes") or {}, fuse_regions=dep.get("fuse_regions") or [])
+                             op_dtypes=dep.get("op_dtypes") or {}, fuse_regions=dep.get("fuse_regions") or [],
+                             concurrent_batches=streams)
     cost = plan_ranking(info["model"], sysspec, options)
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(info["model"])
@@ -159,7 +162,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
 
     def run(rate: float):
         return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch"]),
-                             timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=int(dep.get("server_streams", 1)))
+                             timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=streams)
 
     if qps is not None:
         res = run(qps)
