@@ -68,30 +68,14 @@ class Matmul(OpDef):
 
 
 @register_op
-class DCNDown(OpDef):
-    """Down-projection of a low-rank DCNv2 cross layer: ``h = xl @ U.T``; xl [B, D], u [r, D] ->
-    h [B, r]. One GEMM of 2*B*D*r flops. Its own kernel on every stack that runs DCNv2: TorchRec's
-    ``LowRankCrossNet`` calls two matmuls, and NVIDIA's MLPerf DLRMv2 TensorRT network builds the
-    layer as two 1x1 convolutions (V, then W with the bias)."""
+class DCNDown(Linear):
+    """Down-projection of a low-rank DCNv2 cross layer: ``h = xl @ U.T``, a bias-free linear;
+    xl [B, D], u [r, D] -> h [B, r], 2*B*D*r flops. Its own kernel on every stack that runs DCNv2:
+    TorchRec's ``LowRankCrossNet`` calls two matmuls, and NVIDIA's MLPerf DLRMv2 TensorRT network
+    builds the layer as two 1x1 convolutions (V, then W with the bias)."""
 
     name = "dcn_down"
-    engine = "matrix"
     precision_group = "dcn_cross"
-
-    def infer(self, inputs, attrs):
-        xl, u = inputs
-        if u.shape[1] != xl.shape[-1]:
-            raise self.fail(f"xl {list(xl.shape)} has D={xl.shape[-1]} but U is {list(u.shape)} (expects [r, D])")
-        return [TensorSpec((*xl.shape[:-1], u.shape[0]), xl.dtype)]
-
-    def work(self, inputs, outputs, attrs):
-        xl, u = inputs
-        g = GemmShape(1, prod(xl.shape[:-1]), u.shape[0], u.shape[1])
-        rd, wr = _io(inputs, outputs)
-        return Work(matrix_flops=g.flops, bytes_read=rd, bytes_written=wr, gemms=[g])
-
-    def reference(self, xl, u, **_):
-        return F.linear(xl, u)
 
 
 @register_op
