@@ -270,6 +270,14 @@ def test_fuse_region_runs_a_block_as_one_kernel_with_its_intermediates_on_chip()
                        CompileOptions(dtype="bf16", fuse_regions=[["block.0", "block.1"]])).kernels) == 2
 
 
+def test_fuse_region_with_a_gap_is_refused():
+    # block.0 and block.2 around a block.1 op: one kernel cannot both feed and consume it
+    g = two_linear_graph(scope_a="block.0", scope_b="block.2")
+    g.nodes[1].scope = "block.1.act"
+    with pytest.raises(ValueError, match=r"fuse_regions\[0\].*not contiguous.*'act'.*block.1.act"):
+        compile(g, load_chip("h100-sxm-80gb"), CompileOptions(dtype="bf16", fuse_regions=[["block.0", "block.2"]]))
+
+
 def test_fuse_region_that_matches_nothing_names_the_field():
     with pytest.raises(ValueError, match=r"fuse_regions\[0\].*'blocks.9'.*matches no op.*block.0"):
         compile(two_linear_graph(), load_chip("h100-sxm-80gb"), CompileOptions(dtype="bf16", fuse_regions=[["blocks.9"]]))

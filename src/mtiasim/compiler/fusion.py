@@ -125,12 +125,26 @@ def group(graph: Graph, fuse: bool, kv_appends: set[str], regions: list[list[str
         for o in node.outputs:
             owner[o] = target
     if fuse:
-        for i, prefixes in enumerate(regions):
-            if i not in region_group:
-                scopes = sorted({n.scope for n in graph.nodes if n.scope})[:3]
-                raise ValueError(f"fuse_regions[{i}] {prefixes} matches no op of '{graph.name}' "
-                                 f"(op scopes look like {scopes or 'nothing: the graph has no module paths'})")
+        _check_regions(graph, regions, region_group)
     return groups
+
+
+def _check_regions(graph: Graph, regions: list[list[str]], region_group: dict[int, int]) -> None:
+    """Each region must match some op, and its ops must run back to back: an op of another scope
+    between them would consume one of its results and feed another (no single kernel can)."""
+    for i, prefixes in enumerate(regions):
+        if i not in region_group:
+            scopes = sorted({n.scope for n in graph.nodes if n.scope})[:3]
+            raise ValueError(f"fuse_regions[{i}] {prefixes} matches no op of '{graph.name}' "
+                             f"(op scopes look like {scopes or 'nothing: the graph has no module paths'})")
+    runs = [_region_of(n, regions) for n in graph.nodes if not get_op(n.op).is_view and n.op != "const"]
+    nodes = [n for n in graph.nodes if not get_op(n.op).is_view and n.op != "const"]
+    for i, prefixes in enumerate(regions):
+        at = [j for j, r in enumerate(runs) if r == i]
+        gap = next((j for j in range(at[0], at[-1]) if runs[j] != i), None)
+        if gap is not None:
+            raise ValueError(f"fuse_regions[{i}] {prefixes} is not contiguous: op '{nodes[gap].name}' "
+                             f"(scope '{nodes[gap].scope}') runs between its ops; add its module to the region")
 
 
 _WORK: dict[tuple, Work] = {}

@@ -261,7 +261,7 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dt = dtype or entry.default_dtype
     # concurrent streams each keep their batch's activations in 1/streams of the chip's SRAM/L2
-    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt, concurrent_batches=streams if qps else 1))
+    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt, concurrent_batches=streams if qps is not None else 1))
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(entry.name)
     unit = "user-item pair" if entry.family == "ranking" else "sample"
