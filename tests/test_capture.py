@@ -206,3 +206,47 @@ def test_resnet50_res2_stage_is_the_zoo_modules_the_deployment_fuses():
     convs = [n for n in g.nodes if n.op == "conv2d" and any(n.scope.startswith(p + ".") for p in region)]
     assert len(convs) == 10
     assert {tuple(g.tensors[n.inputs[1]].shape[:2]) for n in convs} == {(64, 64), (256, 64), (64, 256)}
+
+
+def _signature(g):
+    return sorted((n.op, tuple(g.tensors[t].shape for t in n.inputs), tuple(g.tensors[t].shape for t in n.outputs))
+                  for n in g.nodes)
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.get(n).family == "llm"])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_replicated_layers_equal_a_direct_capture(name, phase):
+    # four layers traced by torch.export vs two traced and copied: the same ops on the same
+    # shapes, the same weights by name, the same graph inputs (the decode KV cache gets 4 rows)
+    from mtiasim.frontend.replicate import replicate_layers
+
+    kw = dict(batch=2, seq_len=16 if phase == "prefill" else None, phase=phase, kv_len=32 if phase == "decode" else None)
+    w4, w2 = zoo.get(name).build(**kw, n_layers=4), zoo.get(name).build(**kw, n_layers=2)
+    g4, rep = capture(w4.module, w4.example_inputs), replicate_layers(capture(w2.module, w2.example_inputs), 4)
+    assert _signature(rep) == _signature(g4)
+    assert sorted(rep.params()) == sorted(g4.params())
+    assert [rep.tensors[t].shape for t in rep.inputs] == [g4.tensors[t].shape for t in g4.inputs]
+    assert {n.scope.split(".")[1] for n in rep.nodes if (n.scope or "").startswith("layers.")} == {"0", "1", "2", "3"}
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_replicated_layers_compute_what_the_deep_module_computes(phase):
+    from mtiasim.frontend.replicate import replicate_layers
+
+    torch.manual_seed(0)
+    kw = dict(batch=2, seq_len=8 if phase == "prefill" else None, phase=phase, kv_len=8 if phase == "decode" else None)
+    deep = zoo.get("llama2-7b").build(**kw, device="cpu", **{**TINY, "n_layers": 5})
+    two = zoo.get("llama2-7b").build(**kw, **{**TINY, "n_layers": 2})  # meta: only its graph is used
+    g = replicate_layers(capture(two.module, two.example_inputs), 5)
+    with torch.no_grad():
+        ref = deep.module(*deep.example_inputs)
+        out = execute(g, module_feeds(g, deep.module, deep.example_inputs))[0]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_replicate_refuses_a_graph_that_is_not_a_two_layer_decoder():
+    from mtiasim.frontend.replicate import replicate_layers
+
+    g, _ = workload_graph("dlrm-v2", batch=4, rows=(100,) * 26)
+    with pytest.raises(ValueError, match="not a two-layer decoder"):
+        replicate_layers(g, 8)

@@ -14,6 +14,7 @@ from mtiasim.engines import get_engine
 from mtiasim.engines.result import Result
 from mtiasim.frontend import zoo
 from mtiasim.frontend.capture import capture, capture_cached
+from mtiasim.frontend.replicate import replicate_layers
 from mtiasim.graph.ir import Graph
 
 _GRAPHS: dict[tuple, tuple[Graph, zoo.Workload]] = {}
@@ -24,6 +25,8 @@ def workload_graph(name: str, *, batch: int | None = None, seq_len: int | None =
                    kv_len: int | None = None, allow_cpu_fallback: bool = False,
                    **overrides: Any) -> tuple[Graph, zoo.Workload]:
     """A zoo model's graph: from this process's memo, else the on-disk capture cache, else captured.
+    A decoder LLM deeper than two layers is captured with two and its second layer copied
+    (``frontend/replicate.py``): the same graph op for op, in a fraction of the time.
 
     ``overrides`` change config fields (e.g. a tensor-parallel shard's head count). The returned
     workload has its module dropped (``module=None``) so memoised entries stay small."""
@@ -32,9 +35,19 @@ def workload_graph(name: str, *, batch: int | None = None, seq_len: int | None =
     if hit is not None:
         return hit
     entry = zoo.get(name)
-    w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len, **overrides)
-    graph = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
-                           allow_cpu_fallback=allow_cpu_fallback)
+    n_layers = int(overrides.get("n_layers", entry.config().get("n_layers", 0))) if entry.family == "llm" else 0
+    if n_layers > 2:
+        # a decoder's layers are the same ops: capture two and copy the second (frontend/replicate.py)
+        w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len,
+                        **{**overrides, "n_layers": 2})
+        two = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
+                             allow_cpu_fallback=allow_cpu_fallback)
+        graph = replicate_layers(two, n_layers)
+        w = dataclasses.replace(w, cache_key=f"{w.cache_key}|replicated to {n_layers} layers")
+    else:
+        w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len, **overrides)
+        graph = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
+                               allow_cpu_fallback=allow_cpu_fallback)
     w = dataclasses.replace(w, module=None, example_inputs=())
     if len(_GRAPHS) >= _GRAPHS_MAX:
         _GRAPHS.pop(next(iter(_GRAPHS)))
