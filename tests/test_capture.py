@@ -250,3 +250,16 @@ def test_replicate_refuses_a_graph_that_is_not_a_two_layer_decoder():
     g, _ = workload_graph("dlrm-v2", batch=4, rows=(100,) * 26)
     with pytest.raises(ValueError, match="not a two-layer decoder"):
         replicate_layers(g, 8)
+
+
+def test_workload_graph_falls_back_to_tracing_every_layer(monkeypatch):
+    # replication is a speed-up: a decoder whose layout it does not know is traced whole
+    import mtiasim.api as api
+
+    def refuse(graph, n_layers):
+        raise ValueError("not a two-layer decoder")
+
+    monkeypatch.setattr(api, "replicate_layers", refuse)
+    g, _ = api.workload_graph("llama2-7b", phase="prefill", seq_len=8, **{**TINY, "n_layers": 3, "vocab": 101})
+    assert g.op_counts()["attention"] == 3
+    assert not any("@" in n.name for n in g.nodes)

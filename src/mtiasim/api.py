@@ -35,16 +35,21 @@ def workload_graph(name: str, *, batch: int | None = None, seq_len: int | None =
     if hit is not None:
         return hit
     entry = zoo.get(name)
-    n_layers = int(overrides.get("n_layers", entry.config().get("n_layers", 0))) if entry.family == "llm" else 0
+    depth = overrides.get("n_layers", entry.config().get("n_layers")) if entry.family == "llm" else None
+    n_layers = depth if isinstance(depth, int) else 0  # a bad value is left to build() to report
+    graph: Graph | None = None
     if n_layers > 2:
         # a decoder's layers are the same ops: capture two and copy the second (frontend/replicate.py)
         w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len,
                         **{**overrides, "n_layers": 2})
         two = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
                              allow_cpu_fallback=allow_cpu_fallback)
-        graph = replicate_layers(two, n_layers)
-        w = dataclasses.replace(w, cache_key=f"{w.cache_key}|replicated to {n_layers} layers")
-    else:
+        try:
+            graph = replicate_layers(two, n_layers)
+            w = dataclasses.replace(w, cache_key=f"{w.cache_key}|replicated to {n_layers} layers")
+        except ValueError:  # not the layout replication knows (a new zoo decoder): trace every layer
+            graph = None
+    if graph is None:
         w = entry.build(batch=batch, seq_len=seq_len, phase=phase or entry.phases[0], kv_len=kv_len, **overrides)
         graph = capture_cached(w.cache_key, lambda: (w.module, w.example_inputs), name=w.name,
                                allow_cpu_fallback=allow_cpu_fallback)
