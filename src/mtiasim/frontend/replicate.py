@@ -38,6 +38,12 @@ def _rename(a: Any, names: dict[str, str]) -> Any:
     return a
 
 
+def _selects_row(node: Node, tensor: str, row: int) -> bool:
+    call = node.attrs.get("call")
+    return (call is not None and call[0] == "aten.select.int" and len(call[1]) == 3
+            and call[1][0] == ("__tensor__", tensor) and call[1][1] == 0 and call[1][2] == row)
+
+
 def replicate_layers(graph: Graph, n_layers: int) -> Graph:
     """``graph`` (a decoder captured with exactly two layers, ``layers.0`` and ``layers.1``)
     extended to ``n_layers`` layers. Raises ValueError when the graph does not have that shape."""
@@ -67,8 +73,9 @@ def replicate_layers(graph: Graph, n_layers: int) -> Graph:
     if len(carry_in) != 1 or len(carry_out) != 1:
         raise ValueError(f"{graph.name}: expected one tensor flowing between layers, found {carry_in} -> {carry_out}")
     layer_params = {t for t, fqn in targets.items() if fqn.startswith("layers.1.")}
+    # inputs with a row per layer: the block selects row 1 of them (kv_cache[1])
     per_layer_inputs = {t for t in graph.inputs if graph.tensors[t].shape[:1] == (2,)
-                        and any(t in n.inputs for n in block)}
+                        and any(_selects_row(n, t, 1) for n in block)}
 
     tensors = dict(graph.tensors)
     for t in per_layer_inputs:
@@ -81,6 +88,8 @@ def replicate_layers(graph: Graph, n_layers: int) -> Graph:
         names = {t: (f"{t.split(':')[0]}@{k}:{t.split(':')[1]}" if ":" in t else f"{t}@{k}") for t in produced}
         for p in layer_params:
             names[p] = p.replace("layers_1_", f"layers_{k}_", 1)
+            if names[p] == p:  # export named it some other way: copies would share layer 1's weights
+                raise ValueError(f"{graph.name}: cannot name layer {k}'s copy of parameter '{p}'")
             targets[names[p]] = targets[p].replace("layers.1.", f"layers.{k}.", 1)
         names[carry_in[0]] = stream
         for t, new in names.items():
@@ -92,8 +101,7 @@ def replicate_layers(graph: Graph, n_layers: int) -> Graph:
                 target, args, kwargs = attrs["call"]
                 args = _rename(args, names)
                 # a view into a per-layer input (kv_cache[1]) selects row k in the copy
-                if (target == "aten.select.int" and len(args) == 3 and args[0] in [("__tensor__", t) for t in per_layer_inputs]
-                        and args[1] == 0 and args[2] == 1):
+                if any(_selects_row(n, t, 1) for t in per_layer_inputs):
                     args = (args[0], 0, k)
                 attrs["call"] = (target, args, _rename(kwargs, names))
             nodes.append(replace(n, name=f"{n.name}@{k}", inputs=[names.get(t, t) for t in n.inputs],
