@@ -227,7 +227,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           batch_timeout: str = typer.Option("10ms", "--batch-timeout", help="Batched models: longest wait to fill a batch "
                                             "(0: a free stream takes whatever waits)."),
           streams: int = typer.Option(1, "--streams", min=1, help="Batched models: batches a chip runs at once, "
-                                      "sharing it (NVIDIA harnesses: CUDA inference streams)."),
+                                      "sharing its compute and SRAM/L2 (NVIDIA harnesses: CUDA inference streams)."),
           latency_p99: str | None = typer.Option(None, "--p99", help="Batched models: SLO on p99 query latency, e.g. 60ms."),
           as_json: bool = typer.Option(False, "--json")):
     """Simulate serving a model on a multi-chip system and report latency percentiles, throughput

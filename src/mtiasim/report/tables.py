@@ -175,7 +175,7 @@ def validation_tables(rep: Any) -> list[Table]:
 
 
 def ranking_table(rep: Any) -> Table:
-    load = "offline (best batch throughput)" if rep.qps is None else f"{si(rep.qps)} queries/s (Poisson)"
+    load = "offline (full batches)" if rep.qps is None else f"{si(rep.qps)} queries/s (Poisson)"
     unit = f"{rep.item_unit}s"
     rows = [("offered load", load),
             ("throughput", f"{si(rep.samples_per_s)} queries/s, {si(rep.pairs_per_s)} {unit}/s"),

@@ -221,7 +221,7 @@ class RankingReport(BaseModel):
     item_unit: str = Field(default="user-item pair", description="what one batched item is")
     system: str
     dtype: str
-    qps: float | None = Field(description="offered queries/s; None = Offline (best batch throughput)")
+    qps: float | None = Field(description="offered queries/s; None = Offline (full batches of batch_pairs)")
     queries: int
     samples_per_s: float = Field(description="completed queries per second")
     pairs_per_s: float = Field(description="completed user-item pairs per second")
