@@ -31,12 +31,14 @@ def test_long_causal_prefill_runs_at_the_measured_attention_rate():
     # measured on an H100). Causal 4096-token prefill, 32 query heads over 8 KV heads, hd 128:
     # flops = 4 * 32 * 128 * 4096*4097/2 = 137,472,507,904. Work items: 8 KV heads x 16384 packed
     # rows / 128 = 1024 over 132 SMs; the even share (1.04e9 flops per SM) beats the longest item
-    # (128 rows x 4096 keys x 2 x 256 = 2.7e8), so time = flops / (989e12 * 0.62) = 224.2 us.
+    # (128 rows x 4096 keys x 2 x 256 = 2.7e8), so time = flops / (989e12 * 0.62) = 224.2 us at the
+    # clock the rate was measured at; a run held at TDP divides the rate by its clock scale.
     p = attention_program()
-    (op,) = GPUEngine(p).run(**META).ops
+    r = GPUEngine(p).run(**META)
+    (op,) = r.ops
     flops = 4 * 32 * 128 * (4096 * 4097 // 2)
-    assert op.compute_s == pytest.approx(flops / (989e12 * 0.62), rel=1e-9)
-    assert op.compute_s == pytest.approx(224.2e-6, rel=1e-3)
+    assert op.compute_s == pytest.approx(flops / (989e12 * 0.62 * r.clock_scale), rel=1e-9)
+    assert op.compute_s * r.clock_scale == pytest.approx(224.2e-6, rel=1e-3)
     assert op.bound == "compute" and op.time_s >= op.roofline_s
 
 
@@ -47,15 +49,16 @@ def test_short_prefill_is_bound_by_its_longest_work_item_causal_or_not():
     # key: measured on the H100, cuDNN took 22.0 us causal and 20.7 us without the mask.
     t = {}
     for causal in (False, True):
-        (op,) = GPUEngine(attention_graph_program(1, 8, 8, 1024, causal)).run(**META).ops
-        t[causal] = op.compute_s
+        r = GPUEngine(attention_graph_program(1, 8, 8, 1024, causal)).run(**META)
+        t[causal] = r.ops[0].compute_s * r.clock_scale  # at the measured clock
     assert t[False] == pytest.approx(67_108_864 * 132 / (989e12 * 0.62), rel=1e-9)
     assert t[True] == pytest.approx(t[False], rel=1e-9)
     # many waves: the causal kernel approaches half the non-causal time. Non-causal: 4096 equal items
     # on 132 SMs take 32 waves (31.03 of work), causal ones share evenly: ratio (1/2) * 31.03/32 = 0.485
-    (nc,) = GPUEngine(attention_graph_program(1, 32, 32, 16384, False)).run(**META).ops
-    (c,) = GPUEngine(attention_graph_program(1, 32, 32, 16384, True)).run(**META).ops
-    assert c.compute_s / nc.compute_s == pytest.approx(0.5 * 16384 * 16385 / 16384**2 * (4096 / 132) / 32, rel=1e-6)
+    rn = GPUEngine(attention_graph_program(1, 32, 32, 16384, False)).run(**META)
+    rc = GPUEngine(attention_graph_program(1, 32, 32, 16384, True)).run(**META)
+    nc, c = rn.ops[0].compute_s * rn.clock_scale, rc.ops[0].compute_s * rc.clock_scale
+    assert c / nc == pytest.approx(0.5 * 16384 * 16385 / 16384**2 * (4096 / 132) / 32, rel=1e-6)
 
 
 def test_stacks_differ_where_software_differs():
@@ -63,11 +66,12 @@ def test_stacks_differ_where_software_differs():
     trt = GPUEngine(p, stack="tensorrt-llm").run(**META)
     eager = GPUEngine(p, stack="pytorch-eager").run(**META)
     # PyTorch 2.11 dispatches SDPA to cuDNN on an H100 (profiled), TensorRT-LLM's FMHA is proxied by it
-    assert eager.ops[0].compute_s == pytest.approx(trt.ops[0].compute_s)
+    assert eager.ops[0].compute_s * eager.clock_scale == pytest.approx(trt.ops[0].compute_s * trt.clock_scale)
     assert eager.ops[0].overhead_s == pytest.approx(9.7e-6)  # eager launches, measured on the H100
     assert trt.ops[0].overhead_s == pytest.approx(1.08e-6)  # CUDA-graph replay, measured
     fa2 = GPUEngine(p, stack="pytorch-eager", attention_kernel="flash-attention-2").run(**META)
-    assert fa2.ops[0].compute_s * 0.33 == pytest.approx(trt.ops[0].compute_s * 0.62, rel=1e-9)
+    assert fa2.ops[0].compute_s * fa2.clock_scale * 0.33 == pytest.approx(
+        trt.ops[0].compute_s * trt.clock_scale * 0.62, rel=1e-9)
     with pytest.raises(ValueError, match="unknown software stack 'nope'"):
         GPUEngine(p, stack="nope")
     with pytest.raises(ValueError, match="unknown attention kernel 'fa9'"):
@@ -90,7 +94,8 @@ def test_gpu_engine_differs_from_the_analytical_engine_only_where_gpu_kernels_we
     for x, y in zip(a.ops, g.ops):
         if x.op == "attention":
             continue
-        assert y.compute_s == pytest.approx(x.compute_s)  # same tile/wave model, same base efficiency
+        # same tile/wave model, same base efficiency (each run held at TDP at its own clock)
+        assert y.compute_s * g.clock_scale == pytest.approx(x.compute_s * a.clock_scale)
         if x.flops and x.gemm_efficiency is not None:  # a GEMM: weights stream at 0.72 of HBM, not 0.90
             gemms += 1
             assert y.memory_s >= x.memory_s

@@ -71,6 +71,7 @@ class PowerFile(BaseModel):
     static_fraction_of_tdp: Fraction
     matrix_power_share: Fraction
     gemm_power_limited: dict[str, Fraction] = Field(default_factory=dict)  # chip kind -> share at the measured rate
+    sustained_gemm_clock_fraction: dict[str, Fraction] = Field(default_factory=dict)  # chip name -> clock held at TDP
     dvfs_energy_exponent: CalValue
     vector_energy_per_op_ratio: CalValue
     dram_j_per_byte: dict[str, CalValue]

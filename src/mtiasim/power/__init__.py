@@ -30,11 +30,14 @@ def energy_model(chip: ChipSpec, sustained_gemm_fraction: Callable[[str], float]
     """None when the chip's TDP is unknown: energy and power are then not predicted.
 
     Energy per matrix op is anchored to the chip: for a chip kind listed in power.yaml's
-    ``gemm_power_limited`` (GPUs), a GEMM running at its measured sustained rate (peak x
-    ``sustained_gemm_fraction(dtype)``, the engine's calibrated base efficiency) draws that
-    fraction of the dynamic power budget (TDP - static): such chips run large GEMMs at their power
-    limit, which the measured rate already reflects. Otherwise a GEMM at the dense peak draws
-    ``matrix_power_share`` of it."""
+    ``gemm_power_limited`` (GPUs), a large GEMM at its measured rate (peak x
+    ``sustained_gemm_fraction(dtype)``, the engine's calibrated base efficiency) slowed to the
+    clock it holds in a minutes-long run (``sustained_gemm_clock_fraction`` of the chip, 1 if not
+    listed) draws that fraction of the dynamic power budget (TDP - static). With energy per op
+    ~ clock**dvfs_energy_exponent, the same GEMM at the measured rate draws that fraction over
+    clock**(1 + exponent): more than the budget when the measurement ran at a clock the chip cannot
+    hold, so ``throttle`` brings long runs down to it. Otherwise a GEMM at the dense peak draws
+    ``matrix_power_share`` of the budget."""
     p = power_file()
     tdp = chip.power.tdp_w.value
     if not tdp:
@@ -49,7 +52,9 @@ def energy_model(chip: ChipSpec, sustained_gemm_fraction: Callable[[str], float]
     dynamic = max(design_tdp - static, 0.0)
     limited = p.gemm_power_limited.get(chip.kind)
     if limited is not None and sustained_gemm_fraction is not None:
-        per_op = {d: limited.value * dynamic / (v.value * sustained_gemm_fraction(d))
+        held = p.sustained_gemm_clock_fraction.get(chip.name)
+        over = (held.value if held else 1.0) ** (1 + p.dvfs_energy_exponent.value)
+        per_op = {d: limited.value * dynamic / (v.value * sustained_gemm_fraction(d) * over)
                   for d, v in chip.compute.peak_ops_per_s.items() if v.value}
     else:
         per_op = {d: p.matrix_power_share.value * dynamic / v.value
