@@ -243,6 +243,11 @@ def test_gpu_gemm_energy_is_anchored_to_the_clock_it_holds_at_tdp():
     # chips of other kinds keep matrix_power_share (a GEMM at the dense peak draws that share)
     mtia = load_chip("mtia-200")
     assert energy_model(mtia, lambda d: 0.5) == energy_model(mtia)
+    # a held clock is read by preset name: a misspelt name would silently keep the measured rate
+    from mtiasim.chips.loader import list_chips
+
+    for name in p.sustained_gemm_clock_fraction:
+        assert name in list_chips() and load_chip(name).kind in p.gemm_power_limited
 
 
 def test_long_gemm_on_h100_settles_at_its_sustained_clock_not_on_a100():

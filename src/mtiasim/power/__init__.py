@@ -53,8 +53,9 @@ def energy_model(chip: ChipSpec, sustained_gemm_fraction: Callable[[str], float]
     limited = p.gemm_power_limited.get(chip.kind)
     if limited is not None and sustained_gemm_fraction is not None:
         held = p.sustained_gemm_clock_fraction.get(chip.name)
-        over = (held.value if held else 1.0) ** (1 + p.dvfs_energy_exponent.value)
-        per_op = {d: limited.value * dynamic / (v.value * sustained_gemm_fraction(d) * over)
+        # power at the held clock over power at the measured one: rate x s, energy per op x s**beta
+        held_power_ratio = (held.value if held else 1.0) ** (1 + p.dvfs_energy_exponent.value)
+        per_op = {d: limited.value * dynamic / (v.value * sustained_gemm_fraction(d) * held_power_ratio)
                   for d, v in chip.compute.peak_ops_per_s.items() if v.value}
     else:
         per_op = {d: p.matrix_power_share.value * dynamic / v.value
