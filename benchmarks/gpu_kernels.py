@@ -13,7 +13,10 @@ repeats, random inputs, never zeros):
 - device-to-device copy and read bandwidth over a range of sizes;
 - embedding-bag gathers from a table far larger than L2 (DLRM's sparse lookups);
 - a few memory-bound pointwise and normalisation kernels;
-- kernel launch overhead, eager and replayed from a CUDA graph.
+- kernel launch overhead, eager and replayed from a CUDA graph;
+- with ``--only sustained``: one large GEMM per dtype held for a minute, its rate per second beside
+  nvidia-smi's SM clock, power and temperature (the clock a chip holds at its power limit, which
+  the short timings above do not see; ``mtiasim.engines.measured.sustained_clock_fraction``).
 
 The output names the GPU, driver, CUDA and torch versions. ``mtiasim`` reads the committed
 copy under ``src/mtiasim/data/calibration/measured/`` (see ``mtiasim.engines.measured``).
@@ -342,6 +345,53 @@ def conv_records(quick: bool) -> list[dict]:
     return out
 
 
+def sustained_records(quick: bool, seconds: float | None = None) -> list[dict]:
+    """Hold one large GEMM per dtype for ``seconds`` (60; 10 with --quick), timing it in
+    one-second windows with CUDA events, while ``nvidia-smi -lms 500`` samples the SM clock, board
+    power and temperature. The first window runs at the boost clock the short timings above see;
+    the last ones at the clock the chip holds at its power limit (power.yaml
+    ``sustained_gemm_clock_fraction``)."""
+    seconds = seconds or (10.0 if quick else 60.0)
+    dev, n = "cuda", 8192
+    one = torch.ones((), device=dev, dtype=torch.float32)
+    a16, b16 = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    a8, b8 = ((torch.randn(n, n, device=dev) * 0.5).to(torch.float8_e4m3fn) for _ in range(2))
+    cases = {"fp8": lambda: torch._scaled_mm(a8, b8.t(), one, one, out_dtype=torch.bfloat16),
+             "bf16": lambda: torch.mm(a16, b16.t())}
+    out = []
+    for dtype, fn in cases.items():
+        q = "timestamp,clocks.sm,power.draw,temperature.gpu"
+        smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits", "-lms", "500"],
+                               stdout=subprocess.PIPE, text=True)
+        windows, t0 = [], time.time()
+        while time.time() - t0 < seconds:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            calls, w0 = 0, time.time()
+            start.record()
+            while time.time() - w0 < 1.0:
+                for _ in range(8):
+                    fn()
+                calls += 8
+                torch.cuda.synchronize()
+            end.record()
+            end.synchronize()
+            t = start.elapsed_time(end) * 1e-3
+            windows.append({"t_s": round(w0 - t0, 3), "calls": calls, "tflops": 2.0 * n**3 * calls / t / 1e12})
+        smi.terminate()
+        samples = []
+        for line in smi.communicate(timeout=10)[0].splitlines():
+            parts = [x.strip() for x in line.split(",")]
+            try:
+                samples.append({"clock_sm_mhz": float(parts[1]), "power_w": float(parts[2]),
+                                "temperature_c": float(parts[3])})
+            except (IndexError, ValueError):
+                continue
+        out.append({"kind": "sustained_gemm", "dtype": dtype, "m": n, "n": n, "k": n, "seconds": seconds,
+                    "windows": windows, "smi": samples})
+        print(f"sustained {dtype}: {windows[0]['tflops']:.0f} -> {windows[-1]['tflops']:.0f} TFLOPS", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -357,11 +407,12 @@ def main() -> None:
                 "gemm": lambda: gemm_records(a.quick), "attention_prefill": lambda: attention_prefill_records(a.quick),
                 "attention_decode": lambda: attention_decode_records(a.quick),
                 "embedding": lambda: embedding_records(a.quick), "l2": l2_records, "gemm_chain": gemm_chain_records,
-                "grouped_gemm": grouped_gemm_records, "conv": lambda: conv_records(a.quick)}
+                "grouped_gemm": grouped_gemm_records, "conv": lambda: conv_records(a.quick),
+                "sustained": lambda: sustained_records(a.quick)}
     only = [s for s in a.only.split(",") if s]
     for name, fn in sections.items():
-        if only and name not in only:
-            continue
+        if (only and name not in only) or (not only and name == "sustained"):
+            continue  # the minute-long sustained runs only when asked for
         t0 = time.time()
         try:
             result["records"].extend(fn())

@@ -364,7 +364,7 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
     measured, from whole zoo models run end to end by PyTorch."""
     from rich.table import Table
 
-    from mtiasim.engines.measured import check, check_models, load, summary
+    from mtiasim.engines.measured import check, check_models, check_sustained, load, summary
 
     try:
         checks, env = check(chip), load(chip)["env"]
@@ -378,7 +378,9 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
     if as_json:
         _dump({"chip": chip, "env": env, "by_kind": per_kind,
                "by_kernel": [{"kind": c.kind, "kernel": c.label, "measured_s": c.measured_s,
-                              "predicted_s": c.predicted_s, "error_pct": c.error_pct} for c in checks]})
+                              "predicted_s": c.predicted_s, "error_pct": c.error_pct} for c in checks],
+               "sustained_gemm": [{"dtype": d, "held_rate_fraction": m, "model_clock_fraction": f}
+                                  for d, m, f in check_sustained(chip)]})
         return
     if rows:
         t = Table(title=f"kernels on {chip}")
@@ -395,6 +397,13 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
     for kind, s in per_kind.items():
         t.add_row(kind, str(s["n"]), f"{s['mape_pct']:.1f}%", f"{s['median_ape_pct']:.1f}%", f"{s['bias_pct']:+.1f}%")
     out.print(t)
+    held = check_sustained(chip)
+    for dtype, measured, model in held:
+        out.print(f"{dtype} GEMM held for a minute keeps {measured:.2f} of its first-second rate "
+                  f"(power.yaml sustained_gemm_clock_fraction: {model:.2f})")
+    if not held:
+        out.print("no sustained-clock measurement for this chip (benchmarks/gpu_kernels.py --only sustained); "
+                  "power.yaml's sustained_gemm_clock_fraction is fitted")
 
 
 def main() -> None:

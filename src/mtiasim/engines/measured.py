@@ -195,3 +195,28 @@ def summary(checks: list[KernelCheck]) -> dict[str, dict[str, float]]:
         out[kind] = {"n": len(cs), "mape_pct": statistics.mean(ape), "median_ape_pct": statistics.median(ape),
                      "bias_pct": statistics.mean(c.error_pct for c in cs)}
     return out
+
+
+def held_rate_fraction(record: dict[str, Any], settle_s: float = 30.0) -> float:
+    """Of a GEMM held for a minute (a ``sustained_gemm`` record, ``benchmarks/gpu_kernels.py
+    --only sustained``): the rate it keeps once settled (median of the one-second windows from
+    ``settle_s`` on) over its burst rate (the best of its first three windows, at the clock the
+    short kernel timings run at). For a compute-bound GEMM this is the clock fraction power.yaml's
+    ``sustained_gemm_clock_fraction`` holds."""
+    windows = record.get("windows") or []
+    late = [w["tflops"] for w in windows if w["t_s"] >= settle_s]
+    if len(windows) < 3 or not late:
+        raise ValueError(f"sustained_gemm record ({record.get('dtype')}) needs >= 3 windows and some from "
+                         f"{settle_s:.0f} s on; has {len(windows)} over {record.get('seconds')} s")
+    return statistics.median(late) / max(w["tflops"] for w in windows[:3])
+
+
+def check_sustained(chip: str = "h100-sxm-80gb") -> list[tuple[str, float, float]]:
+    """(dtype, measured held fraction, the fraction power.yaml uses) per ``sustained_gemm`` record
+    of ``chip``; empty when none was measured."""
+    from mtiasim.calibration import power_file
+
+    held = power_file().sustained_gemm_clock_fraction.get(chip)
+    model = held.value if held else 1.0
+    return [(r["dtype"], held_rate_fraction(r), model)
+            for r in load(chip)["records"] if r.get("kind") == "sustained_gemm" and "error" not in r]
