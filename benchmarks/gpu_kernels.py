@@ -16,7 +16,7 @@ repeats, random inputs, never zeros):
 - kernel launch overhead, eager and replayed from a CUDA graph;
 - with ``--only sustained``: one large GEMM per dtype held for a minute, its rate per second beside
   nvidia-smi's SM clock, power and temperature (the clock a chip holds at its power limit, which
-  the short timings above do not see; ``mtiasim.engines.measured.sustained_clock_fraction``).
+  the short timings above do not see; ``mtiasim.engines.measured.held_rate_fraction``).
 
 The output names the GPU, driver, CUDA and torch versions. ``mtiasim`` reads the committed
 copy under ``src/mtiasim/data/calibration/measured/`` (see ``mtiasim.engines.measured``).
@@ -345,13 +345,13 @@ def conv_records(quick: bool) -> list[dict]:
     return out
 
 
-def sustained_records(quick: bool, seconds: float | None = None) -> list[dict]:
-    """Hold one large GEMM per dtype for ``seconds`` (60; 10 with --quick), timing it in
+def sustained_records(quick: bool) -> list[dict]:
+    """Hold one large GEMM per dtype for a minute (40 s with --quick), timing it in
     one-second windows with CUDA events, while ``nvidia-smi -lms 500`` samples the SM clock, board
     power and temperature. The first window runs at the boost clock the short timings above see;
     the last ones at the clock the chip holds at its power limit (power.yaml
     ``sustained_gemm_clock_fraction``)."""
-    seconds = seconds or (10.0 if quick else 60.0)
+    seconds = 40.0 if quick else 60.0  # both past the 30 s held_rate_fraction settles for
     dev, n = "cuda", 8192
     one = torch.ones((), device=dev, dtype=torch.float32)
     a16, b16 = (torch.randn(n, n, device=dev, dtype=torch.bfloat16) for _ in range(2))

@@ -375,13 +375,17 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
         checks += check_models(chip)
     except ValueError:
         pass  # no whole-model measurements for this chip
+    try:
+        held = check_sustained(chip)
+    except ValueError as e:  # a sustained_gemm record too short to settle
+        _fail(e)
     per_kind = summary(checks)
     if as_json:
         _dump({"chip": chip, "env": env, "by_kind": per_kind,
                "by_kernel": [{"kind": c.kind, "kernel": c.label, "measured_s": c.measured_s,
                               "predicted_s": c.predicted_s, "error_pct": c.error_pct} for c in checks],
                "sustained_gemm": [{"dtype": d, "held_rate_fraction": m, "model_clock_fraction": f}
-                                  for d, m, f in check_sustained(chip)]})
+                                  for d, m, f in held]})
         return
     if rows:
         t = Table(title=f"kernels on {chip}")
@@ -398,7 +402,6 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
     for kind, s in per_kind.items():
         t.add_row(kind, str(s["n"]), f"{s['mape_pct']:.1f}%", f"{s['median_ape_pct']:.1f}%", f"{s['bias_pct']:+.1f}%")
     out.print(t)
-    held = check_sustained(chip)
     for dtype, measured, model in held:
         out.print(f"{dtype} GEMM held for a minute keeps {measured:.2f} of its first-second rate "
                   f"(power.yaml sustained_gemm_clock_fraction: {model:.2f})")

@@ -214,9 +214,8 @@ def held_rate_fraction(record: dict[str, Any], settle_s: float = 30.0) -> float:
 def check_sustained(chip: str = "h100-sxm-80gb") -> list[tuple[str, float, float]]:
     """(dtype, measured held fraction, the fraction power.yaml uses) per ``sustained_gemm`` record
     of ``chip``; empty when none was measured."""
-    from mtiasim.calibration import power_file
+    from mtiasim.power import held_clock_fraction
 
-    held = power_file().sustained_gemm_clock_fraction.get(chip)
-    model = held.value if held else 1.0
+    model = held_clock_fraction(chip)
     return [(r["dtype"], held_rate_fraction(r), model)
             for r in load(chip)["records"] if r.get("kind") == "sustained_gemm" and "error" not in r]

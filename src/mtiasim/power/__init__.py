@@ -25,6 +25,13 @@ class EnergyModel:
         return self.matrix_j_per_op.get(dtype) or max(self.matrix_j_per_op.values())
 
 
+def held_clock_fraction(chip_name: str) -> float:
+    """power.yaml's ``sustained_gemm_clock_fraction`` of a chip preset; 1 (the measured rate holds)
+    for a chip not listed."""
+    held = power_file().sustained_gemm_clock_fraction.get(chip_name)
+    return held.value if held else 1.0
+
+
 def energy_model(chip: ChipSpec, sustained_gemm_fraction: Callable[[str], float] | None = None
                  ) -> EnergyModel | None:
     """None when the chip's TDP is unknown: energy and power are then not predicted.
@@ -52,9 +59,8 @@ def energy_model(chip: ChipSpec, sustained_gemm_fraction: Callable[[str], float]
     dynamic = max(design_tdp - static, 0.0)
     limited = p.gemm_power_limited.get(chip.kind)
     if limited is not None and sustained_gemm_fraction is not None:
-        held = p.sustained_gemm_clock_fraction.get(chip.name)
         # power at the held clock over power at the measured one: rate x s, energy per op x s**beta
-        held_power_ratio = (held.value if held else 1.0) ** (1 + p.dvfs_energy_exponent.value)
+        held_power_ratio = held_clock_fraction(chip.name) ** (1 + p.dvfs_energy_exponent.value)
         per_op = {d: limited.value * dynamic / (v.value * sustained_gemm_fraction(d) * held_power_ratio)
                   for d, v in chip.compute.peak_ops_per_s.items() if v.value}
     else:
