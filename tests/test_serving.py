@@ -47,14 +47,45 @@ def test_static_batching_waits_for_the_batch_to_finish():
     # Continuous batching: step 1 prefills r0 and r1 (r0 done at 1); r2 joins at step 2 (first
     # token at 2) beside r1's decode; step 3 ends both (r1 at 3, r2 at 3).
     # Static batching: r2 waits until the batch {r0, r1} has finished at 3; its prefill ends at 4
-    # and its second token at 5.
+    # and its second token at 5. The batch's outputs are returned together: r0, done after its
+    # prefill, completes with r1 at 3.
     reqs = [Request(0, 0.0, 4, 1), Request(1, 0.0, 4, 3), Request(2, 0.0, 4, 2)]
     cont, _, end_c = run_replica(reqs, ConstantStep(1.0), 10_000, SchedulerConfig(max_num_seqs=2))
     stat, _, end_s = run_replica(reqs, ConstantStep(1.0), 10_000, SchedulerConfig(max_num_seqs=2, batching="static"))
     assert [r.finish_s for r in cont] == [1.0, 3.0, 3.0] and end_c == 3.0
-    assert [r.finish_s for r in stat] == [1.0, 3.0, 5.0] and stat[2].first_token_s == 4.0 and end_s == 5.0
+    assert [r.finish_s for r in stat] == [3.0, 3.0, 5.0] and stat[2].first_token_s == 4.0 and end_s == 5.0
+    assert stat[0].first_token_s == 1.0
     with pytest.raises(ValueError, match="batching"):
         SchedulerConfig(batching="dynamic")
+
+
+def test_static_batch_rows_run_until_the_batch_ends_over_tiled_prompt_kv():
+    # Prompts of 10 and 6 tokens wanting 1 and 3 tokens, 2 beams, one static batch of 2. Step 1
+    # prefills both (r0 is then done). Steps 2 and 3 decode r1, but the batch tensor still holds
+    # r0's rows: 2 requests x 2 beams = 4 rows, each attending over the longest prompt (10, tiled
+    # into every beam) plus the tokens generated so far (1, then 2): 4 x 11 = 44, then 4 x 12 = 48.
+    # In-flight batching runs r1's 2 beams alone over its shared 6-token prompt plus each beam's own
+    # generated tokens: (6 + 1) + 1 x 1 = 8, then (6 + 2) + 1 x 2 = 10.
+    reqs = [Request(0, 0.0, 10, 1), Request(1, 0.0, 6, 3)]
+    static, inflight = ConstantStep(1.0), ConstantStep(1.0)
+    run_replica(reqs, static, 10_000, SchedulerConfig(max_num_seqs=2, beams=2, batching="static"))
+    run_replica(reqs, inflight, 10_000, SchedulerConfig(max_num_seqs=2, beams=2))
+    assert [(s.decode_count, s.decode_contexts_sum) for s in static.shapes] == [(0, 0), (4, 44), (4, 48)]
+    assert [(s.decode_count, s.decode_contexts_sum) for s in inflight.shapes] == [(0, 0), (2, 8), (2, 10)]
+
+
+def test_sorted_static_batches_pad_to_like_lengths():
+    # four prompts (10, 2, 9, 3 tokens) queued at once, 2 tokens each, static batches of 2. In
+    # arrival order the batches are {10, 2} and {9, 3}: each decode step pads both rows to the
+    # longest prompt + 1, 2 x 11 = 22 and 2 x 10 = 20. Sorted (NVIDIA's harness, enable_sort) they
+    # are {10, 9} and {3, 2}: 2 x 11 = 22 and 2 x 4 = 8.
+    reqs = [Request(k, 0.0, p, 2) for k, p in enumerate((10, 2, 9, 3))]
+    kv = {}
+    for sort in (False, True):
+        cost = ConstantStep(1.0)
+        run_replica(reqs, cost, 10_000, SchedulerConfig(max_num_seqs=2, batching="static", sort_prompts=sort))
+        kv[sort] = [s.decode_contexts_sum for s in cost.shapes if s.decode_count]
+    assert kv == {False: [22, 20], True: [22, 8]}
 
 
 def test_beam_search_decodes_every_beam_and_holds_their_kv():

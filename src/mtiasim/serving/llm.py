@@ -5,14 +5,24 @@ the paged KV cache allow it, build a step from one token per decoding sequence p
 chunks up to the step's token budget (chunked prefill), take the step's time from the cost
 model, advance the clock. A decoding sequence that needs a new KV block when none is free
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
-preemption). Requests are routed to replicas round-robin. With ``batching="static"``
-(TensorRT's batching before in-flight batching, e.g. NVIDIA's MLPerf v3.1 GPT-J harness) a batch
-is admitted only when the previous one has finished, so short requests wait for its longest.
+preemption). Requests are routed to replicas round-robin.
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
 (paged KV cache) and read once per step, each beam holds and reads its own generated tokens.
 ``max_num_seqs`` counts requests, as TensorRT-LLM's max batch size does with a beam width.
+
+``batching="static"`` is the runtime before in-flight batching (TensorRT-LLM's 2023
+``GenerationSession.decode`` in ``tensorrt_llm/runtime/generation.py``, which NVIDIA's MLPerf
+v3.1 GPT-J harness ran): a batch is admitted only when the previous one has finished; it is a
+fixed tensor of ``batch x beams`` rows, so a request that has finished keeps its rows in every
+step until the batch's last one ends (the loop stops only when every row is done); after the
+context step each prompt's KV cache is tiled into every beam (``_tile_beam_width`` on
+``present_key_value``), and every row attends over the batch's longest prompt plus the steps so
+far; the batch's outputs are returned together (``gather_tree`` at the end), so its requests
+complete when it does. With ``sort_prompts`` a new batch takes the longest queued prompts first
+(the harness sorts the samples it holds by length, ``enable_sort``), so an Offline batch, drawn
+from a queue that holds every sample, pads little.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ class SchedulerConfig:
     chunked_prefill: bool = True
     beams: int = 1  # beam width of beam-search decoding
     batching: str = "continuous"  # or "static": a new batch starts when the previous one has finished
+    sort_prompts: bool = False  # static batching: each batch takes the longest queued prompts first
 
     def __post_init__(self) -> None:
         for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens", "beams"):
@@ -102,6 +113,9 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
     running: list[_Seq] = []
     stats = ReplicaStats()
     now, i, n = 0.0, 0, len(reqs)
+    static = cfg.batching == "static"
+    batch: list[_Seq] = []  # static batching: every request of the running batch, finished ones included
+    batch_steps = 0  # static batching: decode steps the batch has run
 
     def release(s: _Seq) -> None:
         nonlocal free
@@ -117,7 +131,11 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             continue
         # admission (FIFO): the prompt's KV blocks must be free; static batching admits a new
         # batch only once the running one has finished
-        admit = cfg.batching == "continuous" or not running
+        admit = not static or not running
+        if static and admit:
+            batch, batch_steps = [], 0
+            if cfg.sort_prompts:  # batches of like lengths pad less (all queued at once: Offline)
+                waiting = deque(sorted(waiting, key=lambda q: -q.rec.request.prompt_tokens))
         while admit and waiting and len(running) < cfg.max_num_seqs:
             s = waiting[0]
             need = _blocks(s.prefill_target + 1, cfg.block_tokens)
@@ -131,6 +149,8 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             free -= need
             s.blocks, s.active = need, True
             running.append(s)  # running stays in admission order
+            if static:
+                batch.append(s)
         # decoding sequences need a block for the token they are about to write (every beam)
         decode = [s for s in running if s.done >= s.prefill_target]
         for s in decode:
@@ -171,8 +191,16 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         # KV read per decode step: the beams of a request share their prompt's blocks, which are
         # read once per step (the beams' reads of the same blocks coincide in the cache), and
         # each beam reads its own generated tokens
-        kv_read = sum(s.context + (cfg.beams - 1) * s.generated for s in decode)
-        shape = StepShape(tuple((t, s.done) for s, t in chunks), kv_read, cfg.beams * len(decode))
+        if static and decode:
+            # every row of the batch runs (finished requests' rows too), over the tiled prompt KV:
+            # the batch's longest prompt plus the tokens generated so far, per beam
+            width = max(b.rec.request.prompt_tokens for b in batch) + batch_steps + 1
+            rows = cfg.beams * (len(decode) + sum(1 for b in batch if b.rec.finish_s is not None))
+            shape = StepShape(tuple((t, s.done) for s, t in chunks), rows * width, rows)
+            batch_steps += 1
+        else:
+            kv_read = sum(s.context + (cfg.beams - 1) * s.generated for s in decode)
+            shape = StepShape(tuple((t, s.done) for s, t in chunks), kv_read, cfg.beams * len(decode))
         dt = cost.step_s(shape)
         now += dt
         stats.steps += 1
@@ -197,6 +225,9 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 s.active = False
                 release(s)
             running = [s for s in running if s.active]
+            if static and not running:  # the batch's outputs are returned together
+                for b in batch:
+                    b.rec.finish_s = now
     return records, stats, now
 
 
