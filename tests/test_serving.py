@@ -74,6 +74,22 @@ def test_static_batch_rows_run_until_the_batch_ends_over_tiled_prompt_kv():
     assert [(s.decode_count, s.decode_contexts_sum) for s in inflight.shapes] == [(0, 0), (2, 8), (2, 10)]
 
 
+def test_static_batch_preempted_request_is_not_completed_with_its_batch():
+    # two 15-token prompts wanting 20 tokens in a 3-block cache (16 tokens a block): both are
+    # admitted (a block each); at the first decode each needs a second block and only one is free,
+    # so r1 is preempted and queued again. r0's batch ends without it; r1 then runs alone, its
+    # steps carrying one row (it is not counted as a finished row of its own batch).
+    reqs = [Request(0, 0.0, 15, 20), Request(1, 0.0, 15, 20)]
+    cost = ConstantStep(1.0)
+    recs, stats, _ = run_replica(reqs, cost, 48, SchedulerConfig(max_num_seqs=2, block_tokens=16, batching="static"))
+    r0, r1 = recs
+    assert stats.preemptions == 1 and r1.preemptions == 1
+    # r0: prefill at 1, 19 decode steps, done at 20. r1 recomputes its 16 tokens at 21 (its second
+    # token) and decodes the other 18 alone: done at 39
+    assert (r0.finish_s, r1.finish_s) == (20.0, 39.0)
+    assert [s.decode_count for s in cost.shapes[-18:]] == [1] * 18
+
+
 def test_sorted_static_batches_pad_to_like_lengths():
     # four prompts (10, 2, 9, 3 tokens) queued at once, 2 tokens each, static batches of 2. In
     # arrival order the batches are {10, 2} and {9, 3}: each decode step pads both rows to the

@@ -22,7 +22,9 @@ context step each prompt's KV cache is tiled into every beam (``_tile_beam_width
 far; the batch's outputs are returned together (``gather_tree`` at the end), so its requests
 complete when it does. With ``sort_prompts`` a new batch takes the longest queued prompts first
 (the harness sorts the samples it holds by length, ``enable_sort``), so an Offline batch, drawn
-from a queue that holds every sample, pads little.
+from a queue that holds every sample, pads little. KV memory is still accounted in paged blocks
+(the 2023 runtime reserved each row's maximum length up front), so where the cache is tight a
+static batch here holds more requests than it did.
 """
 
 from __future__ import annotations
@@ -227,7 +229,8 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             running = [s for s in running if s.active]
             if static and not running:  # the batch's outputs are returned together
                 for b in batch:
-                    b.rec.finish_s = now
+                    if b.rec.finish_s is not None:  # not a preempted one, which is queued again
+                        b.rec.finish_s = now
     return records, stats, now
 
 
