@@ -212,6 +212,11 @@ def test_throttle_scales_compute_energy_with_the_clock():
     assert throttle(lambda s: 1.0 / s, 400.0, 50.0, 50.0, 150.0, exponent=1.0) == pytest.approx(
         (162500**0.5 - 50) / 800, rel=1e-6)
     assert throttle(lambda s: 1.0 / s, 100.0, 0.0, 50.0, 150.0, exponent=1.0) == 1.0  # within the cap
+    # a run that turns memory-bound below the top clock: t = max(1/s, 1.5 s), 300 J, b = 2, budget
+    # 100 W. Compute-bound (s <= 2/3) power is 300 s^3, under 100 W up to s = 0.693 > 2/3, so the
+    # cap is met where t = 1.5 s: 200 s^2 = 100 W, s = 1/sqrt(2); the clock returned keeps within it
+    s = throttle(lambda s: max(1.0 / s, 1.5), 300.0, 0.0, 50.0, 150.0, exponent=2.0)
+    assert s == pytest.approx(2**-0.5, rel=1e-6) and 300.0 * s**2 / 1.5 <= 100.0
 
 
 def test_gpu_gemm_energy_is_anchored_to_the_clock_it_holds_at_tdp():
