@@ -137,8 +137,8 @@ def _check_regions(graph: Graph, regions: list[list[str]], region_group: dict[in
             scopes = sorted({n.scope for n in graph.nodes if n.scope})[:3]
             raise ValueError(f"fuse_regions[{i}] {prefixes} matches no op of '{graph.name}' "
                              f"(op scopes look like {scopes or 'nothing: the graph has no module paths'})")
-    runs = [_region_of(n, regions) for n in graph.nodes if not get_op(n.op).is_view and n.op != "const"]
     nodes = [n for n in graph.nodes if not get_op(n.op).is_view and n.op != "const"]
+    runs = [_region_of(n, regions) for n in nodes]
     for i, prefixes in enumerate(regions):
         at = [j for j, r in enumerate(runs) if r == i]
         gap = next((j for j in range(at[0], at[-1]) if runs[j] != i), None)

@@ -118,6 +118,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
     static = cfg.batching == "static"
     batch: list[_Seq] = []  # static batching: every request of the running batch, finished ones included
     batch_steps = 0  # static batching: decode steps the batch has run
+    batch_prompt = 0  # static batching: the batch's longest prompt, which every row is padded to
 
     def release(s: _Seq) -> None:
         nonlocal free
@@ -135,7 +136,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         # batch only once the running one has finished
         admit = not static or not running
         if static and admit:
-            batch, batch_steps = [], 0
+            batch, batch_steps, batch_prompt = [], 0, 0
             if cfg.sort_prompts:  # batches of like lengths pad less (all queued at once: Offline)
                 waiting = deque(sorted(waiting, key=lambda q: -q.rec.request.prompt_tokens))
         while admit and waiting and len(running) < cfg.max_num_seqs:
@@ -153,6 +154,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             running.append(s)  # running stays in admission order
             if static:
                 batch.append(s)
+                batch_prompt = max(batch_prompt, s.rec.request.prompt_tokens)
         # decoding sequences need a block for the token they are about to write (every beam)
         decode = [s for s in running if s.done >= s.prefill_target]
         for s in decode:
@@ -196,7 +198,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         if static and decode:
             # every row of the batch runs (finished requests' rows too), over the tiled prompt KV:
             # the batch's longest prompt plus the tokens generated so far, per beam
-            width = max(b.rec.request.prompt_tokens for b in batch) + batch_steps + 1
+            width = batch_prompt + batch_steps + 1
             rows = cfg.beams * (len(decode) + sum(1 for b in batch if b.rec.finish_s is not None))
             shape = StepShape(tuple((t, s.done) for s, t in chunks), rows * width, rows)
             batch_steps += 1
