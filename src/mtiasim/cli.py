@@ -261,7 +261,8 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
                              "(its kernels are timed by the analytical engine)")
         sched = SchedulerConfig(max_num_seqs=max_num_seqs or int(cal["max_num_seqs"].value),
                                 max_num_batched_tokens=max_tokens or int(cal["max_num_batched_tokens"].value),
-                                block_tokens=int(cal["kv_block_tokens"].value), beams=beams)
+                                block_tokens=int(cal["kv_block_tokens"].value), beams=beams,
+                                kv_watermark_fraction=cal["kv_watermark_fraction"].value)
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
         from mtiasim.serving.traffic import load_trace
 

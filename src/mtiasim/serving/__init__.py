@@ -158,7 +158,8 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     cal = serving_calibration()
     sched = scheduler or SchedulerConfig(max_num_seqs=int(cal["max_num_seqs"].value),
                                          max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
-                                         block_tokens=int(cal["kv_block_tokens"].value))
+                                         block_tokens=int(cal["kv_block_tokens"].value),
+                                         kv_watermark_fraction=cal["kv_watermark_fraction"].value)
     plan = plan_serving(model, sysspec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, ep=ep, stack=stack,
                         kv_memory_fraction=kv_memory_fraction)
     cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp, ep, stack)

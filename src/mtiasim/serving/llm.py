@@ -5,7 +5,11 @@ the paged KV cache allow it, build a step from one token per decoding sequence p
 chunks up to the step's token budget (chunked prefill), take the step's time from the cost
 model, advance the clock. A decoding sequence that needs a new KV block when none is free
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
-preemption). Requests are routed to replicas round-robin.
+preemption). Admission leaves ``kv_watermark_fraction`` of the blocks free (vLLM's block
+manager: a prompt is admitted only if ``free - needed >= watermark``), so the running sequences'
+next tokens find blocks: without it the loop admits prompts into the last free blocks, the next
+decode step preempts them again, and their prefill is wasted, step after step. Requests are
+routed to replicas round-robin.
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
@@ -45,11 +49,14 @@ class SchedulerConfig:
     beams: int = 1  # beam width of beam-search decoding
     batching: str = "continuous"  # or "static": a new batch starts when the previous one has finished
     sort_prompts: bool = False  # static batching: each batch takes the longest queued prompts first
+    kv_watermark_fraction: float = 0.0  # admission leaves this share of the KV blocks free
 
     def __post_init__(self) -> None:
         for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens", "beams"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if not 0.0 <= self.kv_watermark_fraction < 1.0:
+            raise ValueError(f"kv_watermark_fraction must be in [0, 1), got {self.kv_watermark_fraction}")
         if self.batching not in ("continuous", "static"):
             raise ValueError(f"batching must be 'continuous' or 'static', got '{self.batching}'")
 
@@ -109,6 +116,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
     """Simulate one replica; returns per-request records, stats and the time the last request ended."""
     total_blocks = kv_tokens // cfg.block_tokens
     free = total_blocks
+    watermark = int(cfg.kv_watermark_fraction * total_blocks)  # blocks admission leaves free
     reqs = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     records = [RequestRecord(r) for r in reqs]
     waiting: deque[_Seq] = deque()
@@ -146,7 +154,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 waiting.popleft()
                 s.rec.rejected = f"needs {need * cfg.block_tokens} KV tokens, replica holds {kv_tokens}"
                 continue
-            if need > free:
+            if need > free - watermark:
                 break
             waiting.popleft()
             free -= need

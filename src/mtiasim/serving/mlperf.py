@@ -204,7 +204,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                                                                cal["max_num_batched_tokens"].value)),
                             block_tokens=int(cal["kv_block_tokens"].value), beams=int(info.get("beams", 1)),
                             batching=dep.get("batching", "continuous"),
-                            sort_prompts=bool(dep.get("sort_prompts", False)))
+                            sort_prompts=bool(dep.get("sort_prompts", False)),
+                            kv_watermark_fraction=cal["kv_watermark_fraction"].value)
     n_offline = requests or int(info["samples"])
     # Server probes of the QPS search: 3,000 requests; a run at a given load (to predict the
     # latencies a submission measured at it) is longer, as MLPerf's >= 10-minute runs reach steady
