@@ -183,6 +183,12 @@ def test_admission_leaves_the_watermark_of_kv_blocks_free():
         chunks[w] = [len(s.prefill) for s in cost.shapes]
         assert all(r.finish_s is not None for r in recs)
     assert chunks == {0.0: [5], 0.2: [4, 1]}
+    # a prompt that fits the cache only by eating into the reserve is rejected at once (as vLLM's
+    # can_allocate answers NEVER) instead of blocking the FIFO queue behind it: 150 tokens need
+    # 10 blocks > 10 - 2; the 31-token prompt behind it still runs
+    recs, _, _ = run_replica([Request(0, 0.0, 150, 1), Request(1, 0.0, 31, 1)], ConstantStep(1.0), 160,
+                             SchedulerConfig(kv_watermark_fraction=0.2))
+    assert "kept free by the admission watermark" in recs[0].rejected and recs[1].finish_s == 1.0
     with pytest.raises(ValueError, match="kv_watermark_fraction"):
         SchedulerConfig(kv_watermark_fraction=1.0)
 

@@ -150,9 +150,11 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         while admit and waiting and len(running) < cfg.max_num_seqs:
             s = waiting[0]
             need = _blocks(s.prefill_target + 1, cfg.block_tokens)
-            if need > total_blocks:
+            if need > total_blocks - watermark:  # can never be admitted (vLLM: AllocStatus.NEVER)
                 waiting.popleft()
-                s.rec.rejected = f"needs {need * cfg.block_tokens} KV tokens, replica holds {kv_tokens}"
+                s.rec.rejected = (f"needs {need * cfg.block_tokens} KV tokens, replica holds {kv_tokens}"
+                                  + (f" ({watermark * cfg.block_tokens} kept free by the admission watermark)"
+                                     if watermark else ""))
                 continue
             if need > free - watermark:
                 break
