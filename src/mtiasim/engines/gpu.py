@@ -9,7 +9,10 @@ Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
 - a stack can scale the GEMM efficiency of a dtype (eager PyTorch's INT8 goes through
   cuBLASLt's slower INT8 kernels) and time elementwise kernels that read strided views or
-  broadcast an input at its generic path's bandwidth (PyTorch: non-vectorised kernels).
+  broadcast an input at its generic path's bandwidth (PyTorch: non-vectorised kernels);
+- a stack can give its embedding-bag kernel's own issue limits, per SM cycle: elements summed
+  and a cost per bag (PyTorch's kernel is latency-bound, not HBM-bound: the same gathers took
+  the same time on an H100 and on an H200 with 1.4x its bandwidth).
 Calibration: ``data/calibration/gpu.yaml`` (kernel terms, stacks) and ``analytical.yaml`` (base
 GEMM efficiency per chip and dtype), fitted to ``data/calibration/measured/`` and checked against
 every measured kernel by ``mtiasim.engines.measured``.
@@ -30,6 +33,16 @@ from mtiasim.compiler.program import Kernel, Program
 from mtiasim.engines.analytical import AnalyticalEngine, KernelTime
 
 
+class EmbeddingBagKernel(BaseModel):
+    """A stack's embedding-bag kernel limited by issue, not bandwidth: it sums at most
+    ``elements_per_sm_cycle`` row elements per SM per cycle and spends ``sm_cycles_per_bag`` SM
+    cycles on each bag (its offsets, accumulator and output row), whatever the HBM delivers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    elements_per_sm_cycle: CalValue
+    sm_cycles_per_bag: CalValue
+
+
 class Stack(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     attention_kernel: str
@@ -37,6 +50,7 @@ class Stack(BaseModel):
     launch_overhead_s: CalValue
     gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
     strided_elementwise_efficiency: Fraction | None = None
+    embedding_bag: EmbeddingBagKernel | None = None
 
 
 class KernelCalibration(BaseModel):
@@ -134,6 +148,19 @@ class GPUEngine(AnalyticalEngine):
         t = super().matrix_s(k, clock_scale)
         scale = self.stack.gemm_efficiency_scale.get(k.compute_dtype)
         return t / scale.value if scale is not None and is_gemm(k) else t
+
+    def vector_s(self, k: Kernel, clock_scale: float) -> float:
+        t = super().vector_s(k, clock_scale)
+        eb = self.stack.embedding_bag
+        if eb is None or k.op != "embedding_bag" or self.chip.gpu is None:
+            return t
+        node, tensors = k.nodes[0], self.p.graph.tensors
+        weight, indices, offsets = (tensors[name] for name in node.inputs[:3])
+        bags = offsets.shape[0] - (1 if node.attrs.get("include_last_offset") else 0)
+        elements = indices.shape[0] * weight.shape[1]
+        sm_cycles_per_s = self.chip.gpu.sm_count.value * self.chip.gpu.boost_clock_hz.value * clock_scale
+        issue = (elements / eb.elements_per_sm_cycle.value + bags * eb.sm_cycles_per_bag.value) / sm_cycles_per_s
+        return max(t, issue)
 
     def dram_stream_efficiency(self, k: Kernel) -> float:
         if is_gemm(k):

@@ -142,10 +142,22 @@ def _conv(r: dict) -> Graph:
     return Graph("conv", t, [node], ["x"], ["y"])
 
 
+def _embedding_bag(r: dict) -> Graph:
+    """``F.embedding_bag(idx, table, offsets, mode="sum")`` over ``bags`` bags of ``pooling`` rows."""
+    lookups, dt = r["bags"] * r["pooling"], EMBEDDING_DTYPES[r["dtype"]]
+    t = {"w": TensorSpec((r["rows"], r["dim"]), dt, "param"), "idx": TensorSpec((lookups,), "int64", "input"),
+         "off": TensorSpec((r["bags"],), "int64", "input"), "y": TensorSpec((r["bags"], r["dim"]), dt)}
+    return Graph("embedding_bag", t, [Node("bag", "embedding_bag", ["w", "idx", "off"], ["y"], {"mode": "sum"})],
+                 ["idx", "off"], ["y"])
+
+
+EMBEDDING_DTYPES = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}
+
+
 def check(chip: str = "h100-sxm-80gb", min_bytes: float = 1 << 20) -> list[KernelCheck]:
     """Prediction beside measurement for every measured GEMM, attention (prefill and decode),
     streaming pointwise/normalisation kernel (those moving at least ``min_bytes``: below that the
-    launch floor is the whole kernel) and convolution of ``chip``."""
+    launch floor is the whole kernel), convolution and embedding bag of ``chip``."""
     data = load(chip)
     recs = [r for r in data["records"] if "error" not in r]
     tiny = [r["time_s"] for r in recs if r["kind"] == "launch" and r["mode"] == "event_single"]
@@ -178,6 +190,9 @@ def check(chip: str = "h100-sxm-80gb", min_bytes: float = 1 << 20) -> list[Kerne
         elif kind == "conv2d":
             pred = _predict(_conv(r), chip, GEMM_STACK, "fp16", floor)
             label = f"conv {r['c_in']}->{r['c_out']} {r['hw']}x{r['hw']} k{r['kernel']} s{r['stride']} N={r['batch']}"
+        elif kind == "embedding_bag":  # F.embedding_bag: PyTorch's own kernel, not cuBLAS; a plain launch
+            pred = _predict(_embedding_bag(r), chip, GEMM_STACK, EMBEDDING_DTYPES[r["dtype"]], launch_floor)
+            label = f"{r['dtype']} rows={r['rows']:,} D={r['dim']} bags={r['bags']} pooling={r['pooling']}"
         else:
             continue
         out.append(KernelCheck(kind if kind != "gemm" else f"gemm_{r['dtype']}", label, r["time_s"], pred))
