@@ -361,7 +361,8 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
                 rows: bool = typer.Option(False, "--rows", help="Every kernel, not only the totals per kind."),
                 as_json: bool = typer.Option(False, "--json")):
     """How far the GPU engine's kernel predictions are from kernels measured on a real GPU
-    (GEMMs by dtype, attention prefill and decode, streaming kernels, convolutions), and, where
+    (GEMMs by dtype, attention prefill and decode, streaming kernels, convolutions, embedding
+    bags), and, where
     measured, from whole zoo models run end to end by PyTorch; and the share of its burst rate a
     GEMM held for a minute keeps, beside the sustained clock the power model uses."""
     from rich.table import Table

@@ -142,6 +142,9 @@ def _conv(r: dict) -> Graph:
     return Graph("conv", t, [node], ["x"], ["y"])
 
 
+EMBEDDING_DTYPES = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}  # torch dtype -> mtiasim
+
+
 def _embedding_bag(r: dict) -> Graph:
     """``F.embedding_bag(idx, table, offsets, mode="sum")`` over ``bags`` bags of ``pooling`` rows."""
     lookups, dt = r["bags"] * r["pooling"], EMBEDDING_DTYPES[r["dtype"]]
@@ -149,9 +152,6 @@ def _embedding_bag(r: dict) -> Graph:
          "off": TensorSpec((r["bags"],), "int64", "input"), "y": TensorSpec((r["bags"], r["dim"]), dt)}
     return Graph("embedding_bag", t, [Node("bag", "embedding_bag", ["w", "idx", "off"], ["y"], {"mode": "sum"})],
                  ["idx", "off"], ["y"])
-
-
-EMBEDDING_DTYPES = {"float16": "fp16", "float32": "fp32", "bfloat16": "bf16"}
 
 
 def check(chip: str = "h100-sxm-80gb", min_bytes: float = 1 << 20) -> list[KernelCheck]:
