@@ -234,9 +234,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     and whether the SLOs hold. LLMs: continuous batching with a paged KV cache. Batched models
     (dlrm-v2, ranking-lc/hc: queries of user-item pairs; bert-large, resnet50: one sample per
     query): dynamically batched per chip."""
-    from mtiasim.serving import SLO, serve_llm
-    from mtiasim.serving.llm import SchedulerConfig
-    from mtiasim.system.plan import serving_calibration
+    from mtiasim.serving import SLO, default_scheduler, serve_llm
     from mtiasim.system.spec import SystemSpec
 
     if zoo.get(model).family != "llm":
@@ -254,15 +252,11 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         return
     if streams != 1:
         _fail(ValueError(f"--streams applies to batched models; {model} is an LLM"))
-    cal = serving_calibration()
     try:
         if stack and SystemSpec.parse(system).load_chip().kind != "gpu":
             raise ValueError(f"--stack selects a GPU software stack; {system} is not a GPU system "
                              "(its kernels are timed by the analytical engine)")
-        sched = SchedulerConfig(max_num_seqs=max_num_seqs or int(cal["max_num_seqs"].value),
-                                max_num_batched_tokens=max_tokens or int(cal["max_num_batched_tokens"].value),
-                                block_tokens=int(cal["kv_block_tokens"].value), beams=beams,
-                                kv_watermark_fraction=cal["kv_watermark_fraction"].value)
+        sched = default_scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, beams=beams)
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
         from mtiasim.serving.traffic import load_trace
 
@@ -362,9 +356,8 @@ def kernels_cmd(chip: str = typer.Option("h100-sxm-80gb", "--chip", help="A chip
                 as_json: bool = typer.Option(False, "--json")):
     """How far the GPU engine's kernel predictions are from kernels measured on a real GPU
     (GEMMs by dtype, attention prefill and decode, streaming kernels, convolutions, embedding
-    bags), and, where
-    measured, from whole zoo models run end to end by PyTorch; and the share of its burst rate a
-    GEMM held for a minute keeps, beside the sustained clock the power model uses."""
+    bags), and, where measured, from whole zoo models run end to end by PyTorch; and the share of
+    its burst rate a GEMM held for a minute keeps, beside the sustained clock the power model uses."""
     from rich.table import Table
 
     from mtiasim.engines.measured import check, check_models, check_sustained, load, summary

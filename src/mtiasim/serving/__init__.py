@@ -140,6 +140,18 @@ def _saturated_rate(recs: list[RequestRecord]) -> float | None:
     return (_tokens_by(recs, t1) - _tokens_by(recs, t0)) / (t1 - t0)
 
 
+def default_scheduler(**overrides: Any) -> SchedulerConfig:
+    """The scheduler ``data/calibration/serving.yaml`` describes (batch and step-token limits, KV
+    block size, admission watermark), with ``overrides`` for any ``SchedulerConfig`` field; an
+    override of None keeps the calibrated value."""
+    cal = serving_calibration()
+    base: dict[str, Any] = {"max_num_seqs": int(cal["max_num_seqs"].value),
+                            "max_num_batched_tokens": int(cal["max_num_batched_tokens"].value),
+                            "block_tokens": int(cal["kv_block_tokens"].value),
+                            "kv_watermark_fraction": cal["kv_watermark_fraction"].value}
+    return SchedulerConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, requests: int = 1000, seed: int = 0,
               dataset: str | None = None, prompt_tokens: int | None = None, output_tokens: int | None = None,
               scheduler: SchedulerConfig | None = None, tp: int | None = None, pp: int | None = None,
@@ -155,11 +167,7 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     t0 = time.perf_counter()
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
-    cal = serving_calibration()
-    sched = scheduler or SchedulerConfig(max_num_seqs=int(cal["max_num_seqs"].value),
-                                         max_num_batched_tokens=int(cal["max_num_batched_tokens"].value),
-                                         block_tokens=int(cal["kv_block_tokens"].value),
-                                         kv_watermark_fraction=cal["kv_watermark_fraction"].value)
+    sched = scheduler or default_scheduler()
     plan = plan_serving(model, sysspec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, ep=ep, stack=stack,
                         kv_memory_fraction=kv_memory_fraction)
     cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp, ep, stack)

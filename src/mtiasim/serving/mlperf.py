@@ -15,9 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from mtiasim.serving import SLO, ServingReport, plan_serving, serve_llm
-from mtiasim.serving.llm import SchedulerConfig
-from mtiasim.system.plan import serving_calibration
+from mtiasim.serving import SLO, ServingReport, default_scheduler, plan_serving, serve_llm
 from mtiasim.system.spec import SystemSpec
 
 SCENARIOS = ("Offline", "Server", "Interactive")
@@ -197,15 +195,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dep = deployment(info["benchmark"], sysspec.chip, mlperf_round=mlperf_round, maxq=maxq, scenario=scenario)
     sysspec = _capped(sysspec, dep)
-    cal = serving_calibration()
     seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
-    sched = SchedulerConfig(max_num_seqs=int(seqs or dep.get("max_num_seqs", cal["max_num_seqs"].value)),
-                            max_num_batched_tokens=int(dep.get("max_num_batched_tokens",
-                                                               cal["max_num_batched_tokens"].value)),
-                            block_tokens=int(cal["kv_block_tokens"].value), beams=int(info.get("beams", 1)),
-                            batching=dep.get("batching", "continuous"),
-                            sort_prompts=bool(dep.get("sort_prompts", False)),
-                            kv_watermark_fraction=cal["kv_watermark_fraction"].value)
+    sched = default_scheduler(max_num_seqs=seqs or dep.get("max_num_seqs"),
+                              max_num_batched_tokens=dep.get("max_num_batched_tokens"), beams=int(info.get("beams", 1)),
+                              batching=dep.get("batching"), sort_prompts=dep.get("sort_prompts"))
     n_offline = requests or int(info["samples"])
     # Server probes of the QPS search: 3,000 requests; a run at a given load (to predict the
     # latencies a submission measured at it) is longer, as MLPerf's >= 10-minute runs reach steady
