@@ -463,6 +463,49 @@ def test_mlperf_resnet50_and_bert_physics():
     assert 0.4 < hi / lo < 0.65
 
 
+def test_padded_attention_of_unsorted_bert_batches():
+    """NVIDIA's BERT attention kernels are compiled per sequence length S and run each sequence
+    over the keys of the whole S (deployments.yaml attention_kernel_seq_lens). Sorted Offline
+    batches pad the 175-token mean to the next kernel length, 192; an unsorted Server batch of 128
+    holds one of the 2.43% full 384-token windows with probability 1 - 0.9757**128 = 0.957, so its
+    expected S is 0.957 x 384 + 0.043 x 192 = 375.8. A batch's time grows by exactly its
+    attention time x (S - S') / 175 between the two."""
+    from mtiasim.compiler import CompileOptions
+    from mtiasim.serving.mlperf import deployment
+    from mtiasim.serving.ranking import PaddedAttention, padded_attention, plan_ranking
+
+    kernels = deployment("bert", "h100-sxm-80gb")["attention_kernel_seq_lens"]
+    offline = padded_attention("bert-large", kernels, sorted_batches=True)
+    server = padded_attention("bert-large", kernels, sorted_batches=False)
+    assert offline.seq_len == server.seq_len == 175
+    assert offline.kv_len(128) == 192.0
+    assert server.kv_len(128) == pytest.approx(375.8, abs=0.1)
+    assert server.kv_len(1) == pytest.approx(0.0243 * 384 + 0.9757 * 192)  # one sample: rarely a full window
+    assert server.kv_len(4096) == pytest.approx(384.0)  # a large batch always holds one
+    # kernels that skip padding (no list) or a model without sequences: nothing to add
+    assert padded_attention("bert-large", None, sorted_batches=False) is None
+    assert padded_attention("resnet50", kernels, sorted_batches=False) is None
+    assert PaddedAttention(175, (64, 128), 0.1, True).kv_len(8) == 128.0  # longer than every kernel: the longest
+
+    system = SystemSpec.parse("h100-sxm-80gb:1")
+    opts = CompileOptions(dtype="int8", act_dtype="int8")
+    plain = plan_ranking("bert-large", system, opts)
+    srt = plan_ranking("bert-large", system, opts, padding=offline)
+    uns = plan_ranking("bert-large", system, opts, padding=server)
+    from mtiasim.api import simulate
+    from mtiasim.serving.cost import engine_for
+
+    engine, eo = engine_for(system.load_chip(), None)
+    r = simulate("bert-large", chip=system.load_chip(), batch=128, seq_len=175, options=opts, engine=engine,
+                 engine_options=eo)
+    attention_s = sum(o.time_s for o in r.ops if o.op == "attention")
+    assert attention_s > 0
+    assert uns.batch_s(128) - srt.batch_s(128) == pytest.approx(attention_s * (375.8 - 192) / 175, rel=1e-3)
+    # padding never makes a batch faster
+    for b in (1, 8, 128, 1024):
+        assert plain.batch_s(b) <= srt.batch_s(b) <= uns.batch_s(b)
+
+
 def test_cli_serve_ranking_and_capacity_error():
     import json
 

@@ -131,7 +131,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
     concurrent streams per chip (default 1)."""
     from mtiasim.compiler import CompileOptions
-    from mtiasim.serving.ranking import batch_workload, plan_ranking, serve_ranking
+    from mtiasim.serving.ranking import batch_workload, padded_attention, plan_ranking, serve_ranking
 
     if scenario not in ("Offline", "Server"):
         raise ValueError(f"{benchmark} has no {scenario} scenario (Offline, Server)")
@@ -145,7 +145,10 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
                              op_dtypes=dep.get("op_dtypes") or {}, fuse_regions=dep.get("fuse_regions") or [],
                              concurrent_batches=streams)
-    cost = plan_ranking(info["model"], sysspec, options)
+    # attention kernels compiled per sequence length pad each batch to its longest sequence:
+    # Offline batches are sorted by length, Server batches are not
+    padding = padded_attention(info["model"], dep.get("attention_kernel_seq_lens"), sorted_batches=scenario == "Offline")
+    cost = plan_ranking(info["model"], sysspec, options, padding=padding)
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(info["model"])
     if scenario == "Offline":

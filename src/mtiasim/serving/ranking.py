@@ -76,21 +76,68 @@ def batch_workload(model: str) -> tuple[QueryMix, int | None, list[int]]:
     return QueryMix.single(), int(round(float(seq["mean"]))) if seq else None, SAMPLE_GRID
 
 
+@dataclass(frozen=True)
+class PaddedAttention:
+    """The keys each sequence's attention runs over when the attention kernel is compiled per
+    sequence length (``data/mlperf/deployments.yaml`` ``attention_kernel_seq_lens``, NVIDIA's BERT):
+    a sequence of L tokens costs L x S, S the smallest kernel length at or above the longest
+    sequence of its batch. Sorted batches (Offline) hold similar lengths, so S is the kernel length
+    of the mean. An unsorted batch (Server) of b samples holds a full-length one (``full_fraction``
+    of the sample set) with probability 1 - (1 - full_fraction)**b; S is then the longest kernel
+    length, else the mean's. The engine times attention at L x L; ``kv_len`` is what it should be."""
+
+    seq_len: int
+    kernel_lens: tuple[int, ...]
+    full_fraction: float
+    sorted_batches: bool
+
+    def kv_len(self, batch: float) -> float:
+        typical = next((s for s in self.kernel_lens if s >= self.seq_len), self.kernel_lens[-1])
+        if self.sorted_batches:
+            return float(typical)
+        full = 1.0 - (1.0 - self.full_fraction) ** batch
+        return full * self.kernel_lens[-1] + (1.0 - full) * typical
+
+
+def padded_attention(model: str, kernel_lens: list[int] | None, sorted_batches: bool) -> PaddedAttention | None:
+    """A zoo encoder's PaddedAttention under a deployment whose attention kernels are compiled for
+    ``kernel_lens`` (None: kernels that skip padding, nothing to add), from its dataset's mean length
+    and ``full_window_fraction`` (``data/serving/datasets.yaml``)."""
+    name = DATASET_OF.get(model.partition(":")[0])
+    seq = datasets()[name].get("seq_len") if name else None
+    if not kernel_lens or not seq:
+        return None
+    full = seq.get("full_window_fraction", {}).get("value", 0.0)
+    return PaddedAttention(int(round(float(seq["mean"]))), tuple(sorted(int(k) for k in kernel_lens)), float(full),
+                           sorted_batches)
+
+
 class RankingBatchCost:
     """Time of one batch on a group of ``shards`` chips. With one shard a chip holds the whole
     model. With more, tables are sharded (``system/embedding.py``) table-wise (the busiest chip's
     lookups, an all-to-all of pooled embeddings) or row-wise (1/shards of all lookups, a
     reduce-scatter of partial sums), then the dense part runs on B/shards samples per chip.
     ``grid`` is the batch sizes simulated (interpolated between); ``seq_len`` is passed to the
-    workload (encoders)."""
+    workload (encoders); ``padding`` adds the attention a kernel compiled per sequence length
+    spends on padded keys (``PaddedAttention``)."""
 
     def __init__(self, model: str, system: SystemSpec, options: CompileOptions, shards: int = 1,
-                 grid: list[int] | None = None, seq_len: int | None = None, scheme: str = "table"):
+                 grid: list[int] | None = None, seq_len: int | None = None, scheme: str = "table",
+                 padding: PaddedAttention | None = None):
         if scheme not in ("table", "row"):
             raise ValueError(f"embedding sharding scheme must be 'table' or 'row', got '{scheme}'")
         self.model, self.system, self.options, self.shards, self.scheme = model, system, options, shards, scheme
         self.grid = list(grid or BATCH_GRID)
         self.seq_len = seq_len
+        self.padding = padding
+
+    def _latency_s(self, result, batch: int) -> float:
+        """A simulated batch's time, with its attention stretched from L x L to L x S keys when the
+        kernels pad (attention work is linear in the keys at a fixed query count)."""
+        if self.padding is None:
+            return result.latency_s
+        attention_s = sum(o.time_s for o in result.ops if o.op == "attention")
+        return result.latency_s + attention_s * (self.padding.kv_len(batch) / self.padding.seq_len - 1.0)
 
     def _tables(self, batch: int) -> tuple[list[int], list[int], int, str]:
         g, w = workload_graph(self.model, batch=batch)
@@ -128,13 +175,13 @@ class RankingBatchCost:
         for b in grid:
             full = results[b]
             if s == 1:
-                times.append(full.latency_s)
+                times.append(self._latency_s(full, b))
                 continue
             _, _, dim, default = self._tables(grid[0])
             act = nbytes(activation_dtype(self.options.dtype or default))  # pooled embeddings travel as activations
             sparse = sum(o.time_s for o in full.ops if o.op == "tbe") * tables.lookup_share()
             part = results[max(1, b // s)]
-            dense = part.latency_s - sum(o.time_s for o in part.ops if o.op == "tbe")
+            dense = self._latency_s(part, max(1, b // s)) - sum(o.time_s for o in part.ops if o.op == "tbe")
             exchange = reduce_scatter_s if tables.scheme == "row" else alltoall_s
             comm = exchange(chip, b * tables.exchanged_tables() * dim * act, s)
             times.append(sparse + comm + dense)
@@ -157,14 +204,17 @@ class RankingBatchCost:
         return float(np.max(x[ok] / y[ok])) if ok.any() else float(max_batch / self.batch_s(max_batch))
 
 
-def plan_ranking(model: str, system: SystemSpec, options: CompileOptions) -> RankingBatchCost:
+def plan_ranking(model: str, system: SystemSpec, options: CompileOptions,
+                 padding: PaddedAttention | None = None) -> RankingBatchCost:
     """The fewest embedding shards (a divisor of the chip count) with which every chip fits:
-    table-wise first (less traffic), row-wise when a table is too large for table-wise."""
+    table-wise first (less traffic), row-wise when a table is too large for table-wise.
+    ``padding``: see RankingBatchCost."""
     last: DoesNotFit | None = None
     _, seq_len, grid = batch_workload(model)
     for s in [d for d in range(1, system.count + 1) if system.count % d == 0]:
         for scheme in ("table", "row") if s > 1 else ("table",):
-            cost = RankingBatchCost(model, system, options, shards=s, grid=grid, seq_len=seq_len, scheme=scheme)
+            cost = RankingBatchCost(model, system, options, shards=s, grid=grid, seq_len=seq_len, scheme=scheme,
+                                    padding=padding)
             try:
                 cost.batch_s(grid[0])
                 return cost
