@@ -168,8 +168,11 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     if qps is not None:
         res = run(qps)
     else:
-        cap = cost.best_throughput_pairs_per_s(int(dep["server_batch"])) * groups / mix.mean
-        lo, hi, res = 0.0, cap, None  # a server cannot outrun its batch throughput
+        # A server cannot outrun its full batches: under overload the batcher fills every batch to
+        # server_batch, so a load above that rate queues without bound in a >= 600 s MLPerf run
+        # even where a smaller batch would run faster (a short probe would still pass it)
+        cap = cost.throughput_pairs_per_s(int(dep["server_batch"])) * groups / mix.mean
+        lo, hi, res = 0.0, cap, None
         for _ in range(search_steps):
             mid = (lo + hi) / 2
             r = run(mid)

@@ -198,11 +198,6 @@ class RankingBatchCost:
         query is there from the start, so the harness's batches are all full)."""
         return batch / self.batch_s(batch)
 
-    def best_throughput_pairs_per_s(self, max_batch: int) -> float:
-        x, y = self._grid
-        ok = x <= max_batch
-        return float(np.max(x[ok] / y[ok])) if ok.any() else float(max_batch / self.batch_s(max_batch))
-
 
 def plan_ranking(model: str, system: SystemSpec, options: CompileOptions,
                  padding: PaddedAttention | None = None) -> RankingBatchCost:
