@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.serving import SLO, ServingReport, default_scheduler, plan_serving, serve_llm
+from mtiasim.serving.llm import route_round_robin
+from mtiasim.serving.traffic import generate
 from mtiasim.system.spec import SystemSpec
 
 SCENARIOS = ("Offline", "Server", "Interactive")
@@ -23,6 +25,14 @@ SCENARIOS = ("Offline", "Server", "Interactive")
 #: steady-state rate is then within ~2% of a 4x longer run's (measured: llama2-70b on one MI300X,
 #: batch 1792, and on H100 TP2, batch 896; 1.7 batches overstated the rate by 15%)
 OFFLINE_BATCHES_PER_LANE = 8
+#: an MLPerf Server run lasts at least this long (mlcommons/inference loadgen mlperf.conf:
+#: *.Server.min_duration = 600000 ms); a Server probe of the QPS search lasts as long, so that a
+#: load whose queue grows slowly fails as it would in the real run (3,000-request probes passed
+#: the Offline rate itself: BENCHMARKS.md, session 16)
+SERVER_MIN_DURATION_S = 600.0
+#: requests one replica serves in a probe: 600 s of its arrivals, within these bounds (the upper
+#: one keeps the search of a fast replica within seconds; 12,000 is 600 s at 20 requests/s)
+SERVER_PROBE_REQUESTS = (1_000, 12_000)
 
 
 @lru_cache(maxsize=1)
@@ -86,6 +96,22 @@ def deployment_round(benchmark: str, mlperf_round: str | None) -> str | None:
     base = benchmark_info(benchmark)["benchmark"]
     r = (mlperf_round or "").strip().lower()
     return r if r and r in _data("deployments.yaml").get(base, {}).get("rounds", {}) else None
+
+
+def _one_replica_scaled(rep: ServingReport, plan, system_name: str, note: str) -> ServingReport:
+    """A run of one of ``plan.dp`` identical data-parallel replicas as the whole system's report:
+    counts and rates times the replicas, latencies as they are."""
+    if plan.dp == 1:
+        return rep
+    dp = plan.dp
+    return rep.model_copy(update={
+        "system": system_name, "dp": dp, "requests": rep.requests * dp, "completed": rep.completed * dp,
+        "rejected": rep.rejected * dp, "output_tokens_per_s": rep.output_tokens_per_s * dp,
+        "requests_per_s": rep.requests_per_s * dp,
+        "saturated_output_tokens_per_s": (None if rep.saturated_output_tokens_per_s is None
+                                          else rep.saturated_output_tokens_per_s * dp),
+        "preemptions": rep.preemptions * dp, "plan": plan.describe(),
+        "notes": rep.notes + [f"{note}; its rates are scaled by {dp}"]})
 
 
 class MLPerfPrediction(BaseModel):
@@ -192,9 +218,11 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     """Predict an MLPerf LLM result. Offline simulates one data-parallel replica with its share
     of the sample set, at least OFFLINE_BATCHES_PER_LANE batches (``requests`` given: that many
     requests over the whole system), and reports the steady-state throughput (before the drain
-    tail, which MLPerf's >= 10-minute runs amortise); each Server probe uses 3,000 requests. With ``qps``
-    given (Server/Interactive), run 20,000 requests at that load instead of searching (e.g. to
-    predict the latencies a submission measured at its load), with percentiles past warm-up."""
+    tail, which MLPerf's >= 10-minute runs amortise); each probe of the Server search serves one
+    replica's SERVER_MIN_DURATION_S of arrivals (``requests`` given: that many over the system).
+    With ``qps`` given (Server/Interactive), run 20,000 requests at that load instead of searching
+    (e.g. to predict the latencies a submission measured at its load), with percentiles past
+    warm-up."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got '{scenario}'")
     info = benchmark_info(benchmark)
@@ -206,10 +234,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                               max_num_batched_tokens=dep.get("max_num_batched_tokens"), beams=int(info.get("beams", 1)),
                               batching=dep.get("batching"), sort_prompts=dep.get("sort_prompts"))
     n_offline = requests or int(info["samples"])
-    # Server probes of the QPS search: 3,000 requests; a run at a given load (to predict the
-    # latencies a submission measured at it) is longer, as MLPerf's >= 10-minute runs reach steady
-    # state; both score latency percentiles on the second half of the arrivals (past warm-up).
-    n_server = requests or (min(3000, int(info["samples"])) if qps is None else 20_000)
+    # a run at a given load (to predict the latencies a submission measured at it): 20,000
+    # requests over the system; the QPS search's probes are one replica's 600 s (probe below). Both
+    # score latency percentiles on the second half of the arrivals (past warm-up).
+    n_server = requests or 20_000
     kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), pp=dep.get("pp"),
               dtype=dep.get("dtype"), kv_dtype=dep.get("kv_dtype"), stack=dep.get("stack"),
               kv_memory_fraction=dep.get("kv_memory_fraction"))
@@ -217,6 +245,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         kw["tp"] = kw["pp"] = None  # the submitters' layout does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
     slo = SLO(ttft_p99_s=bounds.get("ttft_p99_s"), tpot_p99_s=bounds.get("tpot_p99_s"))
+
+    def plan():
+        return plan_serving(info["model"], sysspec, tp=kw["tp"], pp=kw["pp"], dtype=kw["dtype"],
+                            kv_dtype=kw["kv_dtype"], stack=kw["stack"], kv_memory_fraction=kw["kv_memory_fraction"])
 
     def run(rate: float | None) -> ServingReport:
         if rate is None and requests is None:
@@ -231,23 +263,27 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         simulated, with its share of the sample set but at least OFFLINE_BATCHES_PER_LANE batches
         of max_num_seqs per pipeline lane (a shorter run overstates the steady-state rate while
         the first batch's KV caches are still short), and its rates are scaled by the replicas."""
-        plan = plan_serving(info["model"], sysspec, tp=kw["tp"], pp=kw["pp"], dtype=kw["dtype"],
-                            kv_dtype=kw["kv_dtype"], stack=kw["stack"], kv_memory_fraction=kw["kv_memory_fraction"])
-        n = max(-(-n_offline // plan.dp), OFFLINE_BATCHES_PER_LANE * sched.max_num_seqs * plan.pp)
-        one = sysspec.model_copy(update={"count": plan.tp * plan.pp * plan.ep})
-        rep = serve_llm(info["model"], one, qps=None, requests=n, **{**kw, "tp": plan.tp, "pp": plan.pp})
-        if plan.dp == 1:
-            return rep
-        scaled = rep.model_copy(update={
-            "system": sysspec.name, "dp": plan.dp, "requests": rep.requests * plan.dp,
-            "completed": rep.completed * plan.dp, "rejected": rep.rejected * plan.dp,
-            "output_tokens_per_s": rep.output_tokens_per_s * plan.dp, "requests_per_s": rep.requests_per_s * plan.dp,
-            "saturated_output_tokens_per_s": (None if rep.saturated_output_tokens_per_s is None
-                                              else rep.saturated_output_tokens_per_s * plan.dp),
-            "preemptions": rep.preemptions * plan.dp, "plan": plan.describe(),
-            "notes": rep.notes + [f"Offline: one of the {plan.dp} data-parallel replicas simulated ({n:,} requests); "
-                                  f"its rates are scaled by {plan.dp}"]})
-        return scaled
+        p = plan()
+        n = max(-(-n_offline // p.dp), OFFLINE_BATCHES_PER_LANE * sched.max_num_seqs * p.pp)
+        one = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep})
+        rep = serve_llm(info["model"], one, qps=None, requests=n, **{**kw, "tp": p.tp, "pp": p.pp})
+        return _one_replica_scaled(rep, p, sysspec.name, f"Offline: one of the {p.dp} data-parallel replicas "
+                                                         f"simulated ({n:,} requests)")
+
+    def probe(rate: float) -> ServingReport:
+        """A Server probe of the QPS search: one data-parallel replica (requests go round-robin,
+        so it takes every dp-th arrival of the Poisson stream at ``rate``) for SERVER_MIN_DURATION_S
+        of its arrivals, within SERVER_PROBE_REQUESTS; rates scaled by the replicas."""
+        p = plan()
+        lo_n, hi_n = SERVER_PROBE_REQUESTS
+        n = int(min(max(rate / p.dp * SERVER_MIN_DURATION_S, lo_n), hi_n))
+        mine = route_round_robin(generate(n * p.dp, rate, dataset=info["dataset"], seed=seed), p.dp)[0]
+        one = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep})
+        rep = serve_llm(info["model"], one, qps=rate / p.dp, request_list=mine, slo=slo, warmup_fraction=0.5,
+                        **{**kw, "tp": p.tp, "pp": p.pp})
+        scaled = _one_replica_scaled(rep, p, sysspec.name, f"Server probe: one of the {p.dp} data-parallel "
+                                                           f"replicas simulated ({n:,} requests)")
+        return scaled.model_copy(update={"qps": rate})
 
     def offline_rates(rep: ServingReport) -> tuple[float, float]:
         """(output tokens/s, requests/s) of an Offline run before its drain tail: MLPerf's Offline
@@ -271,14 +307,15 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         # not yet grown past the bounds
         cap = offline_rates(run(None))[1]
         lo, hi, best = 0.0, cap, None
+        probe_run = run if requests is not None else probe  # an explicit request count is honoured
         for _ in range(search_steps):
             mid = (lo + hi) / 2 if best is not None or lo > 0 else 0.5 * cap
-            rep = run(mid)
+            rep = probe_run(mid)
             if ok(rep):
                 lo, best = mid, rep
             else:
                 hi = mid
-        rep = best or run(max(lo, 0.01 * cap))
+        rep = best or probe_run(max(lo, 0.01 * cap))
     tok, samples = offline_rates(rep) if rep.qps is None else (rep.output_tokens_per_s, rep.requests_per_s)
     if rep.qps is not None and rep.completed:
         # A Server run lasts >= 10 minutes, so its completed rate equals the offered rate when the
