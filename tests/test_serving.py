@@ -470,7 +470,9 @@ def test_padded_attention_of_unsorted_bert_batches():
     holds one of the 2.43% full 384-token windows with probability 1 - 0.9757**128 = 0.957, so its
     expected S is 0.957 x 384 + 0.043 x 192 = 375.8. A batch's time grows by exactly its
     attention time x (S - S') / 175 between the two."""
+    from mtiasim.api import simulate
     from mtiasim.compiler import CompileOptions
+    from mtiasim.serving.cost import engine_for
     from mtiasim.serving.mlperf import deployment
     from mtiasim.serving.ranking import PaddedAttention, padded_attention, plan_ranking
 
@@ -492,9 +494,6 @@ def test_padded_attention_of_unsorted_bert_batches():
     plain = plan_ranking("bert-large", system, opts)
     srt = plan_ranking("bert-large", system, opts, padding=offline)
     uns = plan_ranking("bert-large", system, opts, padding=server)
-    from mtiasim.api import simulate
-    from mtiasim.serving.cost import engine_for
-
     engine, eo = engine_for(system.load_chip(), None)
     r = simulate("bert-large", chip=system.load_chip(), batch=128, seq_len=175, options=opts, engine=engine,
                  engine_options=eo)

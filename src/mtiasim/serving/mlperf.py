@@ -246,6 +246,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
     slo = SLO(ttft_p99_s=bounds.get("ttft_p99_s"), tpot_p99_s=bounds.get("tpot_p99_s"))
 
+    @lru_cache(maxsize=1)
     def plan():
         return plan_serving(info["model"], sysspec, tp=kw["tp"], pp=kw["pp"], dtype=kw["dtype"],
                             kv_dtype=kw["kv_dtype"], stack=kw["stack"], kv_memory_fraction=kw["kv_memory_fraction"])
