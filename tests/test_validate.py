@@ -127,6 +127,24 @@ def test_server_probes_last_as_long_as_an_mlperf_run():
     assert long.qps < short.qps
 
 
+def test_validate_over_worker_processes_gives_the_same_report(tmp_path):
+    """Rows are spread over processes by benchmark, system and round; every prediction is seeded,
+    so two workers give the same report as one, row for row, unreadable rows included."""
+    lines = MINI.read_text().splitlines()
+    header = lines[0]
+    keep = [ln for ln in lines[1:] if ",resnet50," in ln or "bogus" in ln]
+    bert = "t1,Test,sysF,H100-SXM-80GB,1,bert-99,Offline,samples_per_second,9400,samples/s,,,x,test"
+    broken = "t1,Test,sysG,H100-SXM-80GB,1,resnet50,Offline,samples_per_second,n/a,samples/s,,,x,test"
+    f = tmp_path / "rows.csv"
+    f.write_text("\n".join([header, *keep, bert, broken]) + "\n")
+    one, two = validate(f), validate(f, jobs=2)
+    assert one.rows == two.rows == 4 and one.predicted == 2
+    assert [r.model_dump() for r in one.by_row] == [r.model_dump() for r in two.by_row]
+    assert "value is not a number" in two.by_row[3].reason
+    with pytest.raises(ValueError, match="jobs"):
+        validate(f, jobs=0)
+
+
 def test_cli_validate_json():
     r = CliRunner().invoke(app, ["validate", "--data", str(MINI), "--json"])
     assert r.exit_code == 0, r.output

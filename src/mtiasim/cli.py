@@ -330,14 +330,16 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
 @app.command("validate")
 def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
                                                  "mlperf_calibration.csv (default: the packaged calibration set)."),
-                 as_json: bool = typer.Option(False, "--json")):
+                 as_json: bool = typer.Option(False, "--json"),
+                 jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes; rows sharing a benchmark, "
+                                          "system and round stay together. The result does not depend on it.")):
     """Predict every row of a measurement CSV and report the errors (MAPE, coverage). LLM latency
     rows are predicted at the submission's load relative to its own Offline throughput; batched
     benchmarks' at the predicted Server operating point."""
     from mtiasim.validate import validate
 
     try:
-        rep = validate(data)
+        rep = validate(data, jobs=jobs)
     except ValueError as e:
         _fail(e)
     if as_json:
