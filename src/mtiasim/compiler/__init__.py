@@ -25,6 +25,13 @@ def compile(graph: Graph, chip: ChipSpec, options: CompileOptions | None = None,
     notes: list[str] = []
 
     appends, cached_keys, cache_inputs = find_kv_appends(graph)
+    # a graph built by hand (e.g. the serving step model's lone attention kernel) names its
+    # KV-cache inputs, which no append reveals, so that they are stored in options.kv_dtype
+    declared = set(graph.meta.get("kv_cache_inputs", ()))
+    unknown = sorted(declared - {n for n, t in graph.tensors.items() if t.kind == "input"})
+    if unknown:
+        raise ValueError(f"graph '{graph.name}': meta kv_cache_inputs names {unknown}, which are not graph inputs")
+    cache_inputs = cache_inputs | declared
     if not options.kv_in_place:
         appends = set()  # each concat stays a copy of the whole cache plus the new rows
     graph = assign_dtypes(graph, requested, cache_inputs, options.kv_dtype, options.op_dtypes,

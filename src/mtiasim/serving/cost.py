@@ -28,6 +28,7 @@ from functools import cached_property
 import numpy as np
 
 from mtiasim.api import run_program, workload_graph
+from mtiasim.calibration import for_chip
 from mtiasim.chips import ChipSpec
 from mtiasim.compiler import CompileOptions, compile
 from mtiasim.compiler.quantize import activation_dtype
@@ -42,12 +43,16 @@ CONTEXT_GRID = [2**i for i in range(4, 24)]  # 16 .. 8M cached tokens per decode
 
 @dataclass(frozen=True)
 class StepShape:
-    """What one step runs: prefill chunks as (new tokens, tokens before them) and the context
-    length of each decoding sequence."""
+    """What one step runs: prefill chunks as (new tokens, tokens before them), the KV tokens the
+    decoding sequences read from memory (``decode_contexts_sum``, over ``decode_count`` sequences)
+    and ``decode_repeat_tokens``: KV tokens read again in the step by other beams of the same
+    request (beam search reads the shared prompt blocks once per beam, at the same time, so the
+    repeats hit the on-chip cache)."""
 
     prefill: tuple[tuple[int, int], ...]
     decode_contexts_sum: int
     decode_count: int
+    decode_repeat_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -147,8 +152,10 @@ class LLMStepCost:
              "k": TensorSpec((1, self.kv_heads, keys, hd), self.kv_dtype, "input"),
              "v": TensorSpec((1, self.kv_heads, keys, hd), self.kv_dtype, "input"),
              "o": TensorSpec((1, self.heads, q, hd), self.act_dtype)}
+        # k and v are the paged KV cache: declared as such, the compiler stores them in kv_dtype
+        # (an FP8 cache halves the bytes a decode step's attention reads)
         g = Graph("attention", t, [Node("attn", "attention", ["q", "k", "v"], ["o"], {"causal": causal})],
-                  ["q", "k", "v"], ["o"])
+                  ["q", "k", "v"], ["o"], meta={"kv_cache_inputs": ["k", "v"]})
         p = compile(g, self.chip, CompileOptions(dtype=self.dtype, kv_dtype=self.kv_dtype))
         return run_program(p, self.engine, self.engine_options, model="attention", phase="step", batch=1,
                            seq_len=q, kv_len=keys,
@@ -163,6 +170,18 @@ class LLMStepCost:
     def _prefill_attention(self) -> tuple[np.ndarray, np.ndarray]:
         pairs = np.array([n * (n + 1) / 2 for n in TOKEN_GRID], float)
         return pairs, np.maximum.accumulate(np.array([self._attention_s(n, n, True) for n in TOKEN_GRID]))
+
+    @cached_property
+    def _repeat_read_s_per_token(self) -> float:
+        """Seconds per layer to read one cached token's K and V again while it is still on chip (the
+        other beams' reads of a prompt block the first beam has just fetched): at the on-chip cache's
+        bandwidth (a GPU's L2, MTIA's SRAM), or at DRAM's where the chip has none."""
+        cal = for_chip(self.chip)
+        per_token = 2 * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype)
+        sram_bw = self.chip.sram.bandwidth_bytes_per_s.value if self.chip.sram is not None else None
+        if sram_bw:
+            return per_token / (sram_bw * cal.sram_efficiency)
+        return per_token / (self.chip.dram.bandwidth_bytes_per_s.value * cal.dram_efficiency)
 
     # ---- step ------------------------------------------------------------------------------
     def dense_s(self, tokens: int) -> tuple[float, float]:
@@ -184,6 +203,7 @@ class LLMStepCost:
         if step.decode_count:
             x, y = self._decode_attention
             attn += float(_interp(step.decode_contexts_sum / self.ep, x, y))
+            attn += step.decode_repeat_tokens / self.ep * self._repeat_read_s_per_token
         if step.prefill:
             x, y = self._prefill_attention
             for q, before in step.prefill:

@@ -13,7 +13,10 @@ routed to replicas round-robin.
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
-(paged KV cache) and read once per step, each beam holds and reads its own generated tokens.
+(paged KV cache), each beam holds and reads its own generated tokens. The attention kernel reads
+the prompt once per beam (TensorRT-LLM's masked MHA follows each beam's ``cache_indirection``):
+the first read comes from memory, the other beams' reads, made at the same time, from the on-chip
+cache (``StepShape.decode_repeat_tokens``).
 ``max_num_seqs`` counts requests, as TensorRT-LLM's max batch size does with a beam width.
 
 ``batching="static"`` is the runtime before in-flight batching (TensorRT-LLM's 2023
@@ -202,9 +205,11 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             for s in list(waiting):  # cannot ever be served
                 s.rec.rejected = s.rec.rejected or "KV cache too small for this request"
             break
-        # KV read per decode step: the beams of a request share their prompt's blocks, which are
-        # read once per step (the beams' reads of the same blocks coincide in the cache), and
-        # each beam reads its own generated tokens
+        # KV read per decode step: the beams of a request share their prompt's blocks (paged KV
+        # cache) and each beam reads its own generated tokens. The attention kernel reads every
+        # beam's path (TensorRT-LLM's masked MHA follows cache_indirection per beam), so the
+        # prompt is read once per beam: the first read comes from memory, the other beams' reads,
+        # at the same time, from the on-chip cache (decode_repeat_tokens)
         if static and decode:
             # every row of the batch runs (finished requests' rows too), over the tiled prompt KV:
             # the batch's longest prompt plus the tokens generated so far, per beam
@@ -214,7 +219,8 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             batch_steps += 1
         else:
             kv_read = sum(s.context + (cfg.beams - 1) * s.generated for s in decode)
-            shape = StepShape(tuple((t, s.done) for s, t in chunks), kv_read, cfg.beams * len(decode))
+            repeats = (cfg.beams - 1) * sum(s.rec.request.prompt_tokens for s in decode)
+            shape = StepShape(tuple((t, s.done) for s, t in chunks), kv_read, cfg.beams * len(decode), repeats)
         dt = cost.step_s(shape)
         now += dt
         stats.steps += 1
