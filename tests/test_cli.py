@@ -302,6 +302,8 @@ def test_bad_flags_are_named():
     # LLM-only serving flags on a batched model are refused by name, not silently ignored
     r = runner.invoke(app, ["serve", "resnet50", "--system", "h100-sxm-80gb:1", "--qps", "10", "--beams", "4"])
     assert r.exit_code == 2 and "--beams applies to LLMs" in r.output
+    r = runner.invoke(app, ["serve", "bert-large", "--system", "h100-sxm-80gb:1", "--qps", "10", "--prefill-first"])
+    assert r.exit_code == 2 and "--prefill-first applies to LLMs" in r.output
     # a GPU software stack on a non-GPU system is refused rather than ignored
     r = runner.invoke(app, ["serve", "llama2-7b", "--system", "mtia-400:1", "--requests", "4", "--stack", "vllm"])
     assert r.exit_code == 2 and "--stack" in r.output and "not a GPU" in r.output

@@ -59,6 +59,26 @@ def test_static_batching_waits_for_the_batch_to_finish():
         SchedulerConfig(batching="dynamic")
 
 
+def test_prefill_first_steps_make_the_decodes_wait():
+    # r0 (4-token prompt, 3 tokens) at t=0, r1 (4-token prompt, 2 tokens) at t=1.5, 1 s per step.
+    # Mixed steps: prefill r0 (first token at 1), decode r0 (2), then r0's last decode beside r1's
+    # prefill (both at 3), decode r1 (4). Prefill-first (vLLM V0's default): the third step
+    # prefills r1 alone and r0 waits, so r0 ends at 4 with r1
+    reqs = [Request(0, 0.0, 4, 3), Request(1, 1.5, 4, 2)]
+    mixed, first = ConstantStep(1.0), ConstantStep(1.0)
+    m, _, _ = run_replica(reqs, mixed, 10_000, SchedulerConfig(max_num_seqs=4))
+    f, _, _ = run_replica(reqs, first, 10_000, SchedulerConfig(max_num_seqs=4, mixed_steps=False))
+    assert [(r.first_token_s, r.finish_s) for r in m] == [(1.0, 3.0), (3.0, 4.0)]
+    assert [(r.first_token_s, r.finish_s) for r in f] == [(1.0, 4.0), (3.0, 4.0)]
+    assert [(s.decode_count, s.tokens) for s in first.shapes] == [(0, 4), (1, 1), (0, 4), (2, 2)]
+    assert [(s.decode_count, s.tokens) for s in mixed.shapes] == [(0, 4), (1, 1), (1, 5), (1, 1)]
+    # the prompts' budget is the whole step's: 4,096 prompt tokens beside 100 waiting decodes
+    big = ConstantStep(1.0)
+    run_replica([Request(k, 0.0, 40, 2) for k in range(100)] + [Request(100, 0.5, 4096, 1)], big, 10**6,
+                SchedulerConfig(max_num_seqs=200, mixed_steps=False))
+    assert max(s.tokens for s in big.shapes) == 4096
+
+
 def test_static_batch_rows_run_until_the_batch_ends_over_tiled_prompt_kv():
     # Prompts of 10 and 6 tokens wanting 1 and 3 tokens, 2 beams, one static batch of 2. Step 1
     # prefills both (r0 is then done). Steps 2 and 3 decode r1, but the batch tensor still holds

@@ -220,6 +220,9 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
+          prefill_first: bool = typer.Option(False, "--prefill-first", help="A step with prompts to prefill runs only "
+                                             "them while the decodes wait (vLLM V0's default scheduler); default: "
+                                             "prompts and decodes share each step."),
           ttft_p99: str | None = typer.Option(None, "--ttft-p99", help="SLO on p99 time to first token, e.g. 2s."),
           tpot_p99: str | None = typer.Option(None, "--tpot-p99", help="SLO on p99 time per output token, e.g. 200ms."),
           batch_pairs: int = typer.Option(65536, "--batch-pairs", min=1,
@@ -240,7 +243,8 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     if zoo.get(model).family != "llm":
         llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--stack": stack, "--tp": tp,
                     "--pp": pp, "--trace": trace, "--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99,
-                    "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--input-len": prompt_tokens,
+                    "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--prefill-first": prefill_first,
+                    "--input-len": prompt_tokens,
                     "--output-len": output_tokens}
         given = [flag for flag, v in llm_only.items() if v]
         if given:
@@ -256,7 +260,8 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         if stack and SystemSpec.parse(system).load_chip().kind != "gpu":
             raise ValueError(f"--stack selects a GPU software stack; {system} is not a GPU system "
                              "(its kernels are timed by the analytical engine)")
-        sched = default_scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, beams=beams)
+        sched = default_scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, beams=beams,
+                                  mixed_steps=not prefill_first)
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
         from mtiasim.serving.traffic import load_trace
 

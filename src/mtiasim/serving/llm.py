@@ -5,8 +5,11 @@ the paged KV cache allow it, build a step from one token per decoding sequence p
 chunks up to the step's token budget (chunked prefill), take the step's time from the cost
 model, advance the clock. A decoding sequence that needs a new KV block when none is free
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
-preemption). Admission leaves ``kv_watermark_fraction`` of the blocks free (vLLM's block
-manager: a prompt is admitted only if ``free - needed >= watermark``), so the running sequences'
+preemption). With ``mixed_steps`` off (vLLM V0's default scheduler: it prioritises prefills and
+does not batch prefill and decode together) a step that has prompts to prefill runs only them, with
+the whole token budget, and the decodes wait. Admission leaves ``kv_watermark_fraction`` of the
+blocks free (vLLM's block manager: a prompt is admitted only if ``free - needed >= watermark``),
+so the running sequences'
 next tokens find blocks: without it the loop admits prompts into the last free blocks, the next
 decode step preempts them again, and their prefill is wasted, step after step. Requests are
 routed to replicas round-robin.
@@ -53,6 +56,7 @@ class SchedulerConfig:
     batching: str = "continuous"  # or "static": a new batch starts when the previous one has finished
     sort_prompts: bool = False  # static batching: each batch takes the longest queued prompts first
     kv_watermark_fraction: float = 0.0  # admission leaves this share of the KV blocks free
+    mixed_steps: bool = True  # False: a step with prompts to prefill runs only them (vLLM V0's default)
 
     def __post_init__(self) -> None:
         for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens", "beams"):
@@ -187,17 +191,20 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 free -= need
                 s.blocks += need
         decode = [s for s in running if s.done >= s.prefill_target]
-        budget = cfg.max_num_batched_tokens - len(decode)
+        # prefill-first steps hold prompts only: the decodes' tokens do not take the budget
+        budget = cfg.max_num_batched_tokens - (len(decode) if cfg.mixed_steps else 0)
         chunks: list[tuple[_Seq, int]] = []
         for s in running:
             if s.done >= s.prefill_target or budget <= 0:
                 continue
             left = s.prefill_target - s.done
-            if not cfg.chunked_prefill and left > budget and (chunks or decode):
+            if not cfg.chunked_prefill and left > budget and (chunks or (decode and cfg.mixed_steps)):
                 break
             take = left if not cfg.chunked_prefill else min(left, budget)
             chunks.append((s, take))
             budget -= take
+        if chunks and not cfg.mixed_steps:
+            decode = []  # vLLM V0's default scheduler: a step with prompts to prefill runs only them
         if not decode and not chunks:  # nothing schedulable (all blocked): wait for the next arrival
             if i < n:
                 now = max(now, reqs[i].arrival_s)

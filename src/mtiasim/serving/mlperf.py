@@ -232,7 +232,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
     sched = default_scheduler(max_num_seqs=seqs or dep.get("max_num_seqs"),
                               max_num_batched_tokens=dep.get("max_num_batched_tokens"), beams=int(info.get("beams", 1)),
-                              batching=dep.get("batching"), sort_prompts=dep.get("sort_prompts"))
+                              batching=dep.get("batching"), sort_prompts=dep.get("sort_prompts"),
+                              mixed_steps=dep.get("mixed_steps"))
     n_offline = requests or int(info["samples"])
     # a run at a given load (to predict the latencies a submission measured at it): 20,000
     # requests over the system; the QPS search's probes are one replica's 600 s (probe below). Both
