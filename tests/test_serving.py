@@ -77,6 +77,14 @@ def test_prefill_first_steps_make_the_decodes_wait():
     run_replica([Request(k, 0.0, 40, 2) for k in range(100)] + [Request(100, 0.5, 4096, 1)], big, 10**6,
                 SchedulerConfig(max_num_seqs=200, mixed_steps=False))
     assert max(s.tokens for s in big.shapes) == 4096
+    # ... and whole prompts (vLLM V0 had chunked prefill off): two 6-token prompts in a 10-token
+    # budget take a step each, where mixed steps chunk the second (6 + 4, then its last 2 beside
+    # the first's decode)
+    two = [Request(0, 0.0, 6, 2), Request(1, 0.0, 6, 2)]
+    for mixed_steps, tokens in ((True, [10, 3, 1]), (False, [6, 6, 2])):
+        cost = ConstantStep(1.0)
+        run_replica(two, cost, 10_000, SchedulerConfig(max_num_batched_tokens=10, mixed_steps=mixed_steps))
+        assert [s.tokens for s in cost.shapes] == tokens
 
 
 def test_static_batch_rows_run_until_the_batch_ends_over_tiled_prompt_kv():

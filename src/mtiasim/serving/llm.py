@@ -7,9 +7,9 @@ model, advance the clock. A decoding sequence that needs a new KV block when non
 preempts the most recently admitted sequence, which is recomputed later (vLLM's recompute
 preemption). With ``mixed_steps`` off (vLLM V0's default scheduler: it prioritises prefills and
 does not batch prefill and decode together) a step that has prompts to prefill runs only them, with
-the whole token budget, and the decodes wait. Admission leaves ``kv_watermark_fraction`` of the
-blocks free (vLLM's block manager: a prompt is admitted only if ``free - needed >= watermark``),
-so the running sequences'
+the whole token budget and whole prompts (its chunked prefill was off by default), and the
+decodes wait. Admission leaves ``kv_watermark_fraction`` of the blocks free (vLLM's block
+manager: a prompt is admitted only if ``free - needed >= watermark``), so the running sequences'
 next tokens find blocks: without it the loop admits prompts into the last free blocks, the next
 decode step preempts them again, and their prefill is wasted, step after step. Requests are
 routed to replicas round-robin.
@@ -191,16 +191,17 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 free -= need
                 s.blocks += need
         decode = [s for s in running if s.done >= s.prefill_target]
-        # prefill-first steps hold prompts only: the decodes' tokens do not take the budget
+        # prefill-first steps hold whole prompts only: the decodes' tokens do not take the budget
         budget = cfg.max_num_batched_tokens - (len(decode) if cfg.mixed_steps else 0)
+        whole = not (cfg.chunked_prefill and cfg.mixed_steps)
         chunks: list[tuple[_Seq, int]] = []
         for s in running:
             if s.done >= s.prefill_target or budget <= 0:
                 continue
             left = s.prefill_target - s.done
-            if not cfg.chunked_prefill and left > budget and (chunks or (decode and cfg.mixed_steps)):
+            if whole and left > budget and (chunks or (decode and cfg.mixed_steps)):
                 break
-            take = left if not cfg.chunked_prefill else min(left, budget)
+            take = left if whole else min(left, budget)
             chunks.append((s, take))
             budget -= take
         if chunks and not cfg.mixed_steps:
