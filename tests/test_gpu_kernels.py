@@ -117,11 +117,11 @@ def test_held_rate_of_a_sustained_gemm_is_its_settled_rate_over_its_burst_rate()
 
 def test_embedding_bag_is_issue_bound_so_more_bandwidth_does_not_speed_it_up():
     # The same 15 F.embedding_bag calls on an H200 (1.43x the H100's HBM bandwidth, same GH100 SMs
-    # and clocks) took the same time to within 10% each (those past the ~5 us launch floors): PyTorch's kernel is limited by the row
-    # elements and bags its SMs issue (gpu.yaml stacks.pytorch-eager.embedding_bag, fitted on the
-    # H100 only), not by HBM. Predicted as an HBM-bandwidth fraction it would run 1.43x faster on
-    # the H200 at the large calls and be -30% off there; the issue model holds it on the H200,
-    # which it was not fitted to.
+    # and clocks) took the same time to within 10% each (those past the ~5 us launch floors):
+    # PyTorch's kernel is limited by the row elements and bags its SMs issue (gpu.yaml
+    # stacks.pytorch-eager.embedding_bag, fitted on the H100 only), not by HBM. Predicted as an
+    # HBM-bandwidth fraction it would run 1.43x faster on the H200 at the large calls and be -30%
+    # off there; the issue model holds it on the H200, which it was not fitted to.
     def bags(chip):
         return {c.label: c for c in check(chip) if c.kind == "embedding_bag"}
     h100, h200 = bags("h100-sxm-80gb"), bags("h200-sxm-141gb")
