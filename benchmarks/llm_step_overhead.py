@@ -3,7 +3,8 @@
 A diagnostic for the LLM p99 latency rows (BENCHMARKS.md, session 18): for each extra time per
 step it predicts the Offline throughput, then runs the Server scenario at the DGX v4.1
 submission's relative load (21,606 / 24,525 = 88.1% of its own Offline throughput, the load
-``mtiasim validate`` predicts the latency rows at) and prints the p99 TPOT and TTFT beside the
+``mtiasim validate`` read the latency rows at until session 19; it now reads them at the
+predicted Server operating point) and prints the p99 TPOT and TTFT beside the
 measured ones. The extra time is added on top of ``LLMStepCost.step_s`` for this process only.
 
 Run: ``.venv/bin/python benchmarks/llm_step_overhead.py [extra_ms ...]`` (default 0 20 50 100;

@@ -47,17 +47,31 @@ def test_accelerator_names_map_case_insensitively(report):
     assert "not predicted" in row.reason
 
 
-def test_latency_rows_run_at_the_submissions_relative_load():
+def test_latency_rows_are_read_at_the_predicted_server_operating_point(report, monkeypatch):
     import csv
 
-    from mtiasim.validate import _utilization
+    import mtiasim.validate as v
+    from mtiasim.serving.mlperf import MLPerfPrediction
 
-    rows = list(csv.DictReader(MINI.open()))
-    tpot = next(r for r in rows if r["metric"] == "p99_tpot_ms")
-    # sysA's Server ran at 21,605.79 tokens/s against its own Offline 24,524.9 tokens/s: 88.1% load
-    assert _utilization(tpot, rows) == pytest.approx(21605.79 / 24524.9)
-    alone = [r for r in rows if r["scenario"] != "Offline"]
-    assert _utilization(tpot, alone) is None  # no Offline row: the absolute load is used instead
+    # the packaged run: sysA's p99 TPOT is the operating point's, which meets the 200 ms bound
+    tpot = next(r for r in report.by_row if r.model_dump()["metric"] == "p99_tpot_ms")
+    assert 0 < tpot.prediction <= 200.0
+    # wiring: a submission's Server throughput and latency rows are read from one prediction (its
+    # Server search), not from a second run at some other load
+    calls = []
+
+    def fake(benchmark, system, scenario, **kw):
+        calls.append((benchmark, system, scenario))
+        return MLPerfPrediction(benchmark="llama2-70b", system=system, scenario=scenario, qps=70.0,
+                                tokens_per_s=20_000.0, samples_per_s=70.0, p99_ttft_s=0.9, p99_tpot_s=0.17,
+                                p99_e2e_s=None, meets_bounds=True, deployment={})
+
+    monkeypatch.setattr(v, "predict", fake)
+    rows = [r for r in csv.DictReader(MINI.open()) if r["system"] == "sysA" and r["scenario"] == "Server"]
+    predictor = v._Predictor()
+    got = {r["metric"]: v.predict_row(r, predictor) for r in rows}
+    assert got == {"completed_tokens_per_second": (20_000.0, None), "p99_tpot_ms": (pytest.approx(170.0), None)}
+    assert calls == [("llama2-70b", "h100-sxm-80gb:8", "Server")]
 
 
 def test_row_with_surplus_fields_is_reported_not_dropped(tmp_path):

@@ -14,14 +14,12 @@ import statistics
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
 from mtiasim.frontend import zoo
 from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, deployment_round, predict
-from mtiasim.serving.traffic import datasets
 
 REQUIRED = ("accelerator", "n_accel", "benchmark", "scenario", "metric", "value")
 
@@ -94,50 +92,16 @@ class _Predictor:
     def __init__(self) -> None:
         self.cache: dict[tuple, MLPerfPrediction] = {}
 
-    def get(self, benchmark: str, system: str, scenario: str, qps: float | None = None,
-            mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
+    def get(self, benchmark: str, system: str, scenario: str, mlperf_round: str | None = None,
+            maxq: bool = False) -> MLPerfPrediction:
         rnd = deployment_round(benchmark, mlperf_round)
-        key = (benchmark.lower().removesuffix("-99"), system, scenario, qps, rnd, maxq)
+        key = (benchmark.lower().removesuffix("-99"), system, scenario, rnd, maxq)
         if key not in self.cache:
-            self.cache[key] = predict(benchmark, system, scenario, qps=qps, mlperf_round=rnd, maxq=maxq)
+            self.cache[key] = predict(benchmark, system, scenario, mlperf_round=rnd, maxq=maxq)
         return self.cache[key]
 
 
-def _load_of(row: dict[str, str], rows: list[dict[str, str]], info: dict[str, Any]) -> float | None:
-    """Queries/s a Server submission ran at, from its own throughput row (the scenario's input)."""
-    same = [r for r in rows if all(r.get(k) == row.get(k) for k in ("round", "submitter", "system", "benchmark",
-                                                                      "scenario"))]
-    for r in same:
-        if r["metric"] in ("completed_samples_per_second", "scheduled_samples_per_second"):
-            return float(r["value"])
-    for r in same:
-        if r["metric"] == "completed_tokens_per_second" and info["dataset"]:
-            return float(r["value"]) / float(datasets()[info["dataset"]]["output"]["mean"])
-    return None
-
-
-#: (Server load metrics, Offline throughput metrics) in like units: tokens/s, then samples/s
-_RATE_METRICS = ((("completed_tokens_per_second",), ("tokens_per_second", "completed_tokens_per_second")),
-                 (("completed_samples_per_second", "scheduled_samples_per_second"),
-                  ("samples_per_second", "completed_samples_per_second", "scheduled_samples_per_second")))
-
-
-def _utilization(row: dict[str, str], rows: list[dict[str, str]]) -> float | None:
-    """The submission's Server load as a fraction of the same system's Offline throughput (same
-    round, submitter, system and benchmark), in like units; None when either row is missing."""
-    key = ("round", "submitter", "system", "benchmark")
-    mine = [r for r in rows if all(r.get(k) == row.get(k) for k in key)]
-    for load_metrics, offline_metrics in _RATE_METRICS:
-        load = next((float(r["value"]) for r in mine
-                     if r["scenario"] == row["scenario"] and r["metric"] in load_metrics), None)
-        offline = next((float(r["value"]) for r in mine
-                        if r["scenario"] == "Offline" and r["metric"] in offline_metrics), None)
-        if load and offline:
-            return load / offline
-    return None
-
-
-def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Predictor) -> tuple[float | None, str | None]:
+def predict_row(row: dict[str, str], predictor: _Predictor) -> tuple[float | None, str | None]:
     metric = row["metric"].strip()
     if metric not in METRICS:
         return None, f"metric '{metric}' is not predicted (supported: {', '.join(METRICS)})"
@@ -165,25 +129,14 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
     if kind == "latency" and scenario == "Offline":
         return None, "latency rows are only defined for Server/Interactive"
     try:
-        if kind == "latency" and zoo.get(info["model"]).family == "llm":
-            # LLMs: near saturation latency depends on the load relative to capacity: a 10% capacity
-            # error turns an absolute load into an overload and TTFT grows without bound. A latency
-            # row is therefore predicted at the submission's relative load (its Server load over its
-            # own Offline throughput, times the predicted Offline throughput); capacity errors are
-            # scored by the throughput rows. Without an Offline row the absolute load is used.
-            util = _utilization(row, rows)
-            if util is not None:
-                qps = util * predictor.get(key, system, "Offline", **run).samples_per_s
-            else:
-                qps = _load_of(row, rows, info)
-            if qps is None:
-                return None, "no throughput row for this submission to take its load from"
-            pred = predictor.get(key, system, scenario, qps=round(qps, 6), **run)
-        else:
-            # throughput rows, and a batched benchmark's p99 row: it has one bound, so a submission
-            # runs at the largest load that meets it; its p99 is read at the predicted Server
-            # operating point, the same search as its throughput row
-            pred = predictor.get(key, system, scenario, **run)
+        # Every row of a submission is read from one prediction: its scenario's. A Server (or
+        # Interactive) row's latency percentiles are those at the predicted operating point, the
+        # largest load that meets the bounds, which is where a submission runs (its submitter
+        # raised the load until the bounds nearly bound). At a submission's load relative to its
+        # own Offline rate the model is far from its knee, since its Server/Offline ratio is above
+        # the measured one: llama2-70b on H100 ran ~840 sequences in 155 ms steps per TP2 replica
+        # at 88% of Offline, where the model runs ~180 in 41 ms (BENCHMARKS.md, session 19).
+        pred = predictor.get(key, system, scenario, **run)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
     value = pred.samples_per_s * GPTJ_TOKEN_SCALING if field == "inferred_tokens_per_s" else getattr(pred, field)
@@ -198,7 +151,7 @@ def predict_row(row: dict[str, str], rows: list[dict[str, str]], predictor: _Pre
 
 def _shard_key(row: dict[str, str]) -> tuple:
     """Rows whose predictions can share work (one benchmark, system, round and power setting:
-    an LLM latency row reuses its Offline prediction) go to the same worker."""
+    a Server latency row reuses its throughput row's prediction) go to the same worker."""
     bench = row["benchmark"].strip().lower()
     for suffix in ("-99.9", "-99"):
         bench = bench.removesuffix(suffix)
@@ -209,7 +162,7 @@ def _shard_key(row: dict[str, str]) -> tuple:
 def _predict_group(rows: list[dict[str, str]], indices: list[int]) -> list[tuple[int, float | None, str | None]]:
     """Predict rows ``indices`` of ``rows`` with one memoising predictor (a worker's share)."""
     predictor = _Predictor()
-    return [(i, *predict_row(rows[i], rows, predictor)) for i in indices]
+    return [(i, *predict_row(rows[i], predictor)) for i in indices]
 
 
 def _predict_rows(rows: list[dict[str, str]], indices: list[int], jobs: int) -> dict[int, tuple]:
