@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from mtiasim.serving import SLO, ServingReport, default_scheduler, plan_serving, serve_llm
+from mtiasim.serving import SLO, Percentiles, ServingReport, default_scheduler, plan_serving, serve_llm
 from mtiasim.serving.llm import route_round_robin
 from mtiasim.serving.traffic import generate
 from mtiasim.system.spec import SystemSpec
@@ -128,6 +128,9 @@ class MLPerfPrediction(BaseModel):
     meets_bounds: bool | None
     deployment: dict[str, Any]
     report: ServingReport | None = None  # LLMs: the serving run behind the numbers
+    #: Server / Interactive: latency of a query (batched benchmarks) or request (LLMs, end to end)
+    #: at the operating point, past warm-up: the distribution MLPerf's logs also print
+    latency_s: Percentiles | None = None
 
 
 def _slo(benchmark: str, scenario: str) -> SLO | dict:
@@ -209,7 +212,9 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         res = res or run(0.01 * cap)
     return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=res.qps,
                             tokens_per_s=0.0, samples_per_s=res.samples_per_s, p99_ttft_s=None, p99_tpot_s=None,
-                            p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep)
+                            p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep,
+                            latency_s=Percentiles(mean=res.mean_latency_s, p50=res.p50_latency_s,
+                                                  p90=res.p90_latency_s, p99=res.p99_latency_s))
 
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
@@ -327,4 +332,5 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     return MLPerfPrediction(
         benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=rep.qps, tokens_per_s=tok,
         samples_per_s=samples, p99_ttft_s=rep.ttft_s.p99, p99_tpot_s=rep.tpot_s.p99,
-        p99_e2e_s=rep.e2e_s.p99, meets_bounds=None if scenario == "Offline" else ok(rep), deployment=dep, report=rep)
+        p99_e2e_s=rep.e2e_s.p99, meets_bounds=None if scenario == "Offline" else ok(rep), deployment=dep, report=rep,
+        latency_s=None if scenario == "Offline" else rep.e2e_s)

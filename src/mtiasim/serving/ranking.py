@@ -225,7 +225,9 @@ class RankingServingResult:
     queries: int
     samples_per_s: float  # completed queries / (last completion - first arrival)
     p99_latency_s: float
+    p90_latency_s: float
     p50_latency_s: float
+    mean_latency_s: float
     mean_batch_pairs: float
 
 
@@ -266,7 +268,8 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     return RankingServingResult(qps=qps, queries=queries, samples_per_s=rate * groups,
                                 p99_latency_s=float(np.percentile(steady, 99)),
                                 p50_latency_s=float(np.percentile(steady, 50)),
-                                mean_batch_pairs=float(np.mean(batches)))
+                                mean_batch_pairs=float(np.mean(batches)), mean_latency_s=float(np.mean(steady)),
+                                p90_latency_s=float(np.percentile(steady, 90)))
 
 
 def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float, streams: int,

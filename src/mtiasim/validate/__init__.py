@@ -15,6 +15,7 @@ from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
@@ -79,6 +80,14 @@ def _summary(rs: list[RowResult]) -> Summary:
     return Summary(rows=len(rs), predicted=len(apes), coverage_pct=100.0 * len(apes) / len(rs) if rs else 0.0,
                    mape_pct=statistics.fmean(apes) if apes else None,
                    median_ape_pct=statistics.median(apes) if apes else None)
+
+
+def server_latency_logs() -> dict[str, dict]:
+    """Whole latency distributions (mean and percentiles, ms) of MLPerf Server runs as their own
+    LoadGen logs print them, by benchmark, with sources
+    (``data/calibration/measured/mlperf_logs/server_latency.yaml``; the CSV keeps only the p99)."""
+    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", "mlperf_logs", "server_latency.yaml")
+    return yaml.safe_load(path.read_text())
 
 
 def _preset(accelerator: str) -> str | None:
