@@ -326,3 +326,14 @@ def test_mlperf_offline_says_it_simulated_one_replica():
     text = " ".join(r.output.split())
     assert r.exit_code == 0
     assert "one of the 2 data-parallel replicas simulated" in text and "scaled by 2" in text
+
+
+def test_mlperf_batched_server_prints_its_latency_distribution():
+    r = invoke("mlperf", "resnet50", "--system", "h100-sxm-80gb:1", "--scenario", "server", "--round", "v4.0")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0
+    vals = re.search(r"query latency mean ([\d.]+) ms, p50 ([\d.]+) ms, p90 ([\d.]+) ms, p99 ([\d.]+) ms", text)
+    assert vals, text
+    p50, p90, p99 = (float(v) for v in vals.groups()[1:])
+    assert 0 < p50 <= p90 <= p99 <= 15.0  # resnet50's Server bound is a 15 ms p99: the operating point meets it
+    assert "latency bounds met" in text

@@ -322,8 +322,10 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
         out.print(serving_table(p.report))
         for n in p.report.notes:
             out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
-    if p.p99_e2e_s is not None and p.report is None:
-        out.print(f"p99 query latency {p.p99_e2e_s * 1e3:.1f} ms")
+    if p.latency_s is not None and p.report is None:
+        lat = p.latency_s
+        out.print(f"query latency mean {lat.mean * 1e3:.1f} ms, p50 {lat.p50 * 1e3:.1f} ms, p90 {lat.p90 * 1e3:.1f} ms, "
+                  f"p99 {lat.p99 * 1e3:.1f} ms")
     qps = "all at t=0" if p.qps is None else f"{p.qps:.3g} queries/s"
     tokens = f"{p.tokens_per_s:,.0f} tokens/s, " if p.tokens_per_s else ""
     out.print(f"[bold]{p.benchmark} {p.scenario} on {p.system}[/bold]: {tokens}"
@@ -338,9 +340,9 @@ def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with 
                  as_json: bool = typer.Option(False, "--json"),
                  jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes; rows sharing a benchmark, "
                                           "system and round stay together. The result does not depend on it.")):
-    """Predict every row of a measurement CSV and report the errors (MAPE, coverage). LLM latency
-    rows are predicted at the submission's load relative to its own Offline throughput; batched
-    benchmarks' at the predicted Server operating point."""
+    """Predict every row of a measurement CSV and report the errors (MAPE, coverage). A p99
+    latency row is read at the predicted Server operating point (the largest load meeting the
+    benchmark's bounds), from the same prediction as its submission's throughput row."""
     from mtiasim.validate import validate
 
     try:
