@@ -53,7 +53,7 @@ def test_latency_rows_are_read_at_the_predicted_server_operating_point(report, m
     import mtiasim.validate as v
     from mtiasim.serving.mlperf import MLPerfPrediction
 
-    # the packaged run: sysA's p99 TPOT is the operating point's, which meets the 200 ms bound
+    # the mini CSV's run: sysA's p99 TPOT is the operating point's, which meets the 200 ms bound
     tpot = next(r for r in report.by_row if r.model_dump()["metric"] == "p99_tpot_ms")
     assert 0 < tpot.prediction <= 200.0
     # wiring: a submission's Server throughput and latency rows are read from one prediction (its
