@@ -123,7 +123,7 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         top: int | None = typer.Option(None, "--top", help="Show only the N slowest kernels."),
         engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
         stack: str | None = typer.Option(None, "--stack", help="gpu engine: software stack "
-                                         "(tensorrt-llm, vllm, pytorch-eager, pytorch-cuda-graph)."),
+                                         "(tensorrt-llm, vllm, tensorrt, pytorch-eager, pytorch-cuda-graph)."),
         fuse_region: list[str] | None = typer.Option(None, "--fuse-region", help=(
             "Hand-fuse the ops of these module paths (comma-separated) into one kernel, its intermediates "
             "on chip; repeatable, e.g. --fuse-region features.4,features.5,features.6 (ResNet-50's res2, "
@@ -216,7 +216,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache precision (default: activations')."),
           beams: int = typer.Option(1, "--beams", min=1, help="Beam-search width (MLPerf GPT-J: 4)."),
           stack: str | None = typer.Option(None, "--stack", help="GPUs: software stack whose kernel calibration "
-                                           "times the steps (tensorrt-llm, vllm, pytorch-eager, pytorch-cuda-graph)."),
+                                           "times the steps or batches (tensorrt-llm, vllm, tensorrt, pytorch-eager, pytorch-cuda-graph)."),
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
@@ -238,10 +238,9 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     (dlrm-v2, ranking-lc/hc: queries of user-item pairs; bert-large, resnet50: one sample per
     query): dynamically batched per chip."""
     from mtiasim.serving import SLO, default_scheduler, serve_llm
-    from mtiasim.system.spec import SystemSpec
 
     if zoo.get(model).family != "llm":
-        llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--stack": stack, "--tp": tp,
+        llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--tp": tp,
                     "--pp": pp, "--trace": trace, "--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99,
                     "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--prefill-first": prefill_first,
                     "--input-len": prompt_tokens,
@@ -250,16 +249,14 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         if given:
             _fail(ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to LLMs; {model} is a "
                              f"batched {zoo.get(model).family} model (use --qps, --batch-pairs, --batch-timeout, "
-                             "--streams, --p99)"))
+                             "--streams, --p99, --stack)"))
         _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, streams, latency_p99,
-                       as_json)
+                       as_json, stack)
         return
     if streams != 1:
         _fail(ValueError(f"--streams applies to batched models; {model} is an LLM"))
     try:
-        if stack and SystemSpec.parse(system).load_chip().kind != "gpu":
-            raise ValueError(f"--stack selects a GPU software stack; {system} is not a GPU system "
-                             "(its kernels are timed by the analytical engine)")
+        _check_stack(stack, system)
         sched = default_scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, beams=beams,
                                   mixed_steps=not prefill_first)
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
@@ -281,16 +278,25 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
 
 
+def _check_stack(stack: str | None, system: str) -> None:
+    from mtiasim.system.spec import SystemSpec
+
+    if stack and SystemSpec.parse(system).load_chip().kind != "gpu":
+        raise ValueError(f"--stack selects a GPU software stack; {system} is not a GPU system "
+                         "(its kernels are timed by the analytical engine)")
+
+
 def _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, streams, latency_p99,
-                   as_json):
+                   as_json, stack=None):
     from mtiasim.report.tables import ranking_table
     from mtiasim.serving import serve_ranking_model
 
     try:
+        _check_stack(stack, system)
         rep = serve_ranking_model(model, system, qps=qps, dtype=dtype, batch_pairs=batch_pairs,
                                   batch_timeout_s=_duration_s(batch_timeout, "--batch-timeout"), streams=streams,
                                   queries=max(requests, 20000) if qps else None, seed=seed,
-                                  slo_p99_s=_duration_s(latency_p99, "--p99"))
+                                  slo_p99_s=_duration_s(latency_p99, "--p99"), stack=stack)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:

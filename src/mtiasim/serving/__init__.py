@@ -252,12 +252,13 @@ class RankingReport(BaseModel):
 
 def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | None, dtype: str | None = None,
                         batch_pairs: int = 65536, batch_timeout_s: float = 0.010, queries: int | None = None,
-                        seed: int = 0, slo_p99_s: float | None = None, streams: int = 1) -> RankingReport:
+                        seed: int = 0, slo_p99_s: float | None = None, streams: int = 1,
+                        stack: str | None = None) -> RankingReport:
     """Poisson queries over the system's chips, each holding the whole model (ranking, encoder and
     vision models; a DLRM query aggregates user-item pairs as in MLPerf DLRM-v2, the others are one
     sample each, and ``batch_pairs`` counts items); ``qps`` None gives the Offline throughput (full
     batches of ``batch_pairs``). Each chip group runs up to ``streams`` batches at once, which
-    share its SRAM/L2.
+    share its SRAM/L2. ``stack``: the GPU software stack whose kernels time the batches (GPUs only).
     ``queries`` is how many queries one (representative) chip group serves."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.frontend import zoo
@@ -270,7 +271,8 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dt = dtype or entry.default_dtype
     # concurrent streams each keep their batch's activations in 1/streams of the chip's SRAM/L2
-    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt, concurrent_batches=streams if qps is not None else 1))
+    cost = plan_ranking(entry.name, sysspec, CompileOptions(dtype=dt, concurrent_batches=streams if qps is not None else 1),
+                        stack=stack)
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(entry.name)
     unit = "user-item pair" if entry.family == "ranking" else "sample"

@@ -177,7 +177,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     # attention kernels compiled per sequence length pad each batch to its longest sequence:
     # Offline batches are sorted by length, Server batches are not
     padding = padded_attention(info["model"], dep.get("attention_kernel_seq_lens"), sorted_batches=scenario == "Offline")
-    cost = plan_ranking(info["model"], sysspec, options, padding=padding)
+    cost = plan_ranking(info["model"], sysspec, options, padding=padding, stack=dep.get("stack"))
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(info["model"])
     if scenario == "Offline":

@@ -119,17 +119,19 @@ class RankingBatchCost:
     reduce-scatter of partial sums), then the dense part runs on B/shards samples per chip.
     ``grid`` is the batch sizes simulated (interpolated between); ``seq_len`` is passed to the
     workload (encoders); ``padding`` adds the attention a kernel compiled per sequence length
-    spends on padded keys (``PaddedAttention``)."""
+    spends on padded keys (``PaddedAttention``); ``stack`` is the GPU software stack whose kernels
+    the gpu engine times (``data/calibration/gpu.yaml``; None: its default)."""
 
     def __init__(self, model: str, system: SystemSpec, options: CompileOptions, shards: int = 1,
                  grid: list[int] | None = None, seq_len: int | None = None, scheme: str = "table",
-                 padding: PaddedAttention | None = None):
+                 padding: PaddedAttention | None = None, stack: str | None = None):
         if scheme not in ("table", "row"):
             raise ValueError(f"embedding sharding scheme must be 'table' or 'row', got '{scheme}'")
         self.model, self.system, self.options, self.shards, self.scheme = model, system, options, shards, scheme
         self.grid = list(grid or BATCH_GRID)
         self.seq_len = seq_len
         self.padding = padding
+        self.stack = stack
 
     def _latency_s(self, result, batch: int) -> float:
         """A simulated batch's time, with its attention stretched from L x L to L x S keys when the
@@ -158,7 +160,7 @@ class RankingBatchCost:
         chip = self.system.load_chip()
         s = self.shards
         grid = self.grid
-        engine, engine_options = engine_for(chip, None)  # GPUs: the gpu engine's default stack
+        engine, engine_options = engine_for(chip, self.stack)  # GPUs: the gpu engine with the deployment's stack
         results = {b: simulate(self.model, chip=chip, batch=b, seq_len=self.seq_len, options=self.options,
                                engine=engine, engine_options=engine_options)
                    for b in sorted(set(grid) | {max(1, b // s) for b in grid})}
@@ -200,16 +202,16 @@ class RankingBatchCost:
 
 
 def plan_ranking(model: str, system: SystemSpec, options: CompileOptions,
-                 padding: PaddedAttention | None = None) -> RankingBatchCost:
+                 padding: PaddedAttention | None = None, stack: str | None = None) -> RankingBatchCost:
     """The fewest embedding shards (a divisor of the chip count) with which every chip fits:
     table-wise first (less traffic), row-wise when a table is too large for table-wise.
-    ``padding``: see RankingBatchCost."""
+    ``padding``, ``stack``: see RankingBatchCost."""
     last: DoesNotFit | None = None
     _, seq_len, grid = batch_workload(model)
     for s in [d for d in range(1, system.count + 1) if system.count % d == 0]:
         for scheme in ("table", "row") if s > 1 else ("table",):
             cost = RankingBatchCost(model, system, options, shards=s, grid=grid, seq_len=seq_len, scheme=scheme,
-                                    padding=padding)
+                                    padding=padding, stack=stack)
             try:
                 cost.batch_s(grid[0])
                 return cost
