@@ -44,17 +44,28 @@ class KernelCheck:
         return (self.predicted_s - self.measured_s) / self.measured_s * 100.0
 
 
+def measured_names(folder: str, suffix: str) -> list[str]:
+    """The files in ``data/calibration/measured/<folder>/`` ending in ``suffix``, without it."""
+    d = resources.files("mtiasim").joinpath("data", "calibration", "measured", folder)
+    return sorted(p.name.removesuffix(suffix) for p in d.iterdir() if p.name.endswith(suffix))
+
+
+def measured_file(folder: str, name: str, suffix: str, what: str):
+    """``data/calibration/measured/<folder>/<name><suffix>``, or a ValueError that names ``what``
+    was asked for and the ones there."""
+    names = measured_names(folder, suffix)
+    if name not in names:
+        raise ValueError(f"no {what} '{name}'; available: {', '.join(names)}")
+    return resources.files("mtiasim").joinpath("data", "calibration", "measured", folder, f"{name}{suffix}")
+
+
 def measured_chips() -> list[str]:
-    d = resources.files("mtiasim").joinpath("data", "calibration", "measured", "kernels")
-    return sorted(p.name.removesuffix(".json") for p in d.iterdir() if p.name.endswith(".json"))
+    return measured_names("kernels", ".json")
 
 
 @lru_cache(maxsize=8)
 def load(chip: str) -> dict[str, Any]:
-    if chip not in measured_chips():
-        raise ValueError(f"no kernel measurements for '{chip}'; measured: {', '.join(measured_chips())}")
-    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", "kernels", f"{chip}.json")
-    return json.loads(path.read_text())
+    return json.loads(measured_file("kernels", chip, ".json", "kernel measurements for").read_text())
 
 
 @lru_cache(maxsize=8)

@@ -14,27 +14,21 @@ stack's INT8 kernel (``gpu.yaml`` ``attention_kernels.tensorrt-fmha``) is fitted
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import yaml
 
 from mtiasim.compiler import CompileOptions
-from mtiasim.engines.measured import KernelCheck
-
-STACK = "tensorrt"  # the published engines are TensorRT's
+from mtiasim.engines.measured import KernelCheck, measured_file, measured_names
 
 
 def published_sets() -> list[str]:
-    d = resources.files("mtiasim").joinpath("data", "calibration", "measured", "published")
-    return sorted(p.name.removesuffix(".yaml") for p in d.iterdir() if p.name.endswith(".yaml"))
+    return measured_names("published", ".yaml")
 
 
 @lru_cache(maxsize=8)
 def load_published(name: str) -> dict[str, Any]:
-    if name not in published_sets():
-        raise ValueError(f"no published measurements '{name}'; available: {', '.join(published_sets())}")
-    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", "published", f"{name}.yaml")
+    path = measured_file("published", name, ".yaml", "published measurements")
     data = yaml.safe_load(path.read_text())
     batches = data["batch"]
     for dtype, by_len in data["latency_ms"].items():
@@ -47,8 +41,8 @@ def load_published(name: str) -> dict[str, Any]:
 
 def check_published(name: str = "tensorrt-demo-bert", min_batch: int = 1) -> list[KernelCheck]:
     """Every point of a published set with batch >= ``min_batch``, predicted by the gpu engine
-    on the set's preset with the ``tensorrt`` stack (weights and activations in the engine's dtype,
-    as TensorRT's INT8 and FP16 engines keep them)."""
+    on the set's preset with the software stack that ran it (the set's ``stack``), weights and
+    activations in the engine's dtype (as TensorRT's INT8 and FP16 engines keep them)."""
     from mtiasim.api import simulate
 
     data = load_published(name)
@@ -59,6 +53,6 @@ def check_published(name: str = "tensorrt-demo-bert", min_batch: int = 1) -> lis
                 if b < min_batch:
                     continue
                 res = simulate(data["model"], chip=data["preset"], batch=b, seq_len=int(s), engine="gpu",
-                               engine_options={"stack": STACK}, options=CompileOptions(dtype=dtype, act_dtype=dtype))
+                               engine_options={"stack": data["stack"]}, options=CompileOptions(dtype=dtype, act_dtype=dtype))
                 out.append(KernelCheck(f"{data['model']} {dtype} S={s}", f"B={b}", ms * 1e-3, res.latency_s))
     return out
