@@ -800,3 +800,21 @@ def test_offline_simulates_one_replica_long_enough_and_scales_it():
     # a short run overstates the rate (the first batch's KV caches are still short)
     short = predict_llm("llama2-70b", "mi300x:1", "Offline", requests=3072)
     assert short.tokens_per_s > 1.05 * one.tokens_per_s
+
+
+def test_mlperf_batched_deployments_launch_as_the_submitters_harnesses_do():
+    # NVIDIA's H100 bert Server configs set use_graphs False and its dlrm-v2 harness calls
+    # enqueueV3 per batch (stack tensorrt: 5.0 us per kernel launch); its resnet50 Server configs
+    # replay CUDA graphs (tensorrt-graphs: 1.08 us).
+    from mtiasim.engines.gpu import gpu_calibration
+    from mtiasim.serving.mlperf import deployment
+
+    stacks = gpu_calibration().stacks
+    assert stacks["tensorrt"].launch_overhead_s.value == pytest.approx(5.0e-6)
+    assert stacks["tensorrt-graphs"].launch_overhead_s.value == pytest.approx(1.08e-6)
+    assert stacks["tensorrt"].attention_kernel == stacks["tensorrt-graphs"].attention_kernel == "tensorrt-fmha"
+    for scenario in ("Offline", "Server"):
+        assert deployment("bert", "h100-sxm-80gb", scenario=scenario)["stack"] == "tensorrt"
+        assert deployment("bert", "h100-sxm-80gb", high_accuracy=True, scenario=scenario)["stack"] == "tensorrt"
+        assert deployment("dlrm-v2", "h100-sxm-80gb", scenario=scenario)["stack"] == "tensorrt"
+        assert deployment("resnet50", "h100-sxm-80gb", scenario=scenario)["stack"] == "tensorrt-graphs"
