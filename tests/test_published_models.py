@@ -71,7 +71,7 @@ def test_one_by_one_launches_set_the_small_batch_floor():
     # perf.py times one execute_async_v2 call per batch, every kernel launched on its own (no CUDA
     # graph). The measured INT8 S=128 line through B = 32 and 128 meets B = 0 at 0.99 ms:
     # 7.09 - 32 x (25.39 - 7.09) / 96. The tensorrt stack's 5.0 us per launch (fitted to the demo)
-    # brings B = 1-16 within 12%, where graph-replay launches (1.08 us) left them 16-57% fast.
+    # brings B = 1-16 within 12%, where graph-replay launches (1.08 us) left them 15-57% fast.
     measured = load_published("tensorrt-demo-bert")["latency_ms"]["int8"][128]
     assert 7.09 - 32 * (measured[-1] - 7.09) / 96 == pytest.approx(0.99, abs=0.01)
     small = [c for c in check_published("tensorrt-demo-bert") if c.kind == "bert-large int8 S=128"
