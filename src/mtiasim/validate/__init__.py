@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
+from mtiasim.engines.measured import measured_file
 from mtiasim.frontend import zoo
 from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, deployment_round, predict
 
@@ -86,8 +87,7 @@ def server_latency_logs() -> dict[str, dict]:
     """Whole latency distributions (mean and percentiles, ms) of MLPerf Server runs as their own
     LoadGen logs print them, by benchmark, with sources
     (``data/calibration/measured/mlperf_logs/server_latency.yaml``; the CSV keeps only the p99)."""
-    path = resources.files("mtiasim").joinpath("data", "calibration", "measured", "mlperf_logs", "server_latency.yaml")
-    return yaml.safe_load(path.read_text())
+    return yaml.safe_load(measured_file("mlperf_logs", "server_latency", ".yaml", "MLPerf log set").read_text())
 
 
 def _preset(accelerator: str) -> str | None:
