@@ -35,6 +35,12 @@ class Fraction(CalValue):
     value: float = Field(gt=0, le=1)
 
 
+class Share(CalValue):
+    """A share of accesses in [0, 1] (0 allowed: e.g. no embedding rows held on chip)."""
+
+    value: float = Field(ge=0, le=1)
+
+
 class GemmPoint(BaseModel):
     """A measured GEMM efficiency: ``measured_fraction`` of dense peak at ``shape`` = [M, N, K].
 
@@ -55,7 +61,7 @@ class EngineCalibration(BaseModel):
     dram_efficiency: Fraction | None = None
     sram_efficiency: Fraction | None = None
     gather_dram_efficiency: Fraction | None = None
-    sparse_sram_hit_fraction: Fraction | None = None
+    sparse_sram_hit_fraction: Share | None = None
     vector_efficiency: Fraction | None = None
     launch_overhead_s: CalValue | None = None
 
