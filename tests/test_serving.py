@@ -479,6 +479,46 @@ def test_ranking_streams_share_the_chip():
         assert lat == pytest.approx(want, rel=1e-12) and batches == [1, 1, 1, 1]
 
 
+def test_ranking_bundles_form_the_next_batch_while_one_runs():
+    from mtiasim.serving.ranking import _serve_group
+
+    # NVIDIA's DLRM-v2 harness: two bundles, one stream, inputs copied in before a batch runs.
+    # One-item queries at 0, 0.5, 0.6, 0.7 ms; a batch runs 1 ms; copies take 0.1 ms per item.
+    # q0: batch at 0, copied by 0.1, runs 0.1-1.1. q1: the second bundle is free, so its batch
+    # forms at 0.5, is copied by 0.6 and waits for the stream: runs 1.1-2.1. q2, q3 wait for a
+    # bundle (both in flight) until 1.1, then go as one batch: copied 1.1-1.3, run 2.1-3.1.
+    arrivals, pairs = np.array([0.0, 0.5e-3, 0.6e-3, 0.7e-3]), np.ones(4, dtype=int)
+    lat, batches = np.empty(4), []
+    _serve_group(arrivals, pairs, LinearBatch(1e-3, 0.0), 128, 0.0, 1, lat, batches, bundles=2, copy_s_per_item=1e-4)
+    assert batches == [1, 1, 2]
+    assert lat == pytest.approx([1.1e-3, 1.6e-3, 2.5e-3, 2.4e-3], rel=1e-9)
+
+
+def test_ranking_input_copies_bound_throughput_only_when_slower_than_the_batches():
+    from mtiasim.serving.ranking import _serve_group
+
+    # 100 one-item queries at t=0, batches of 10 running 1 ms each, two bundles. Copies of
+    # 0.05 ms per item (0.5 ms a batch) hide behind the runs: the first batch waits for its copy,
+    # then the ten run back to back, the last done at 0.5 + 10 x 1 = 10.5 ms. Copies of 0.2 ms per
+    # item (2 ms a batch) are the slower stage: the last batch's inputs arrive at 10 x 2 = 20 ms
+    # and it is done at 21 ms.
+    arrivals, pairs = np.zeros(100), np.ones(100, dtype=int)
+    for copy_s, last in ((5e-5, 10.5e-3), (2e-4, 21e-3)):
+        lat, batches = np.empty(100), []
+        _serve_group(arrivals, pairs, LinearBatch(1e-3, 0.0), 10, 0.0, 1, lat, batches, bundles=2,
+                     copy_s_per_item=copy_s)
+        assert batches == [10] * 10 and lat.max() == pytest.approx(last, rel=1e-9)
+
+
+def test_ranking_bundles_refuse_fewer_than_streams():
+    from mtiasim.serving.ranking import serve_ranking
+
+    with pytest.raises(ValueError, match=r"bundles \(1\) must be at least streams \(2\)"):
+        serve_ranking(LinearBatch(), 1, 10.0, queries=10, batch_pairs=100, timeout_s=0.0, streams=2, bundles=1)
+    with pytest.raises(ValueError, match="copy_s_per_item must be >= 0"):
+        serve_ranking(LinearBatch(), 1, 10.0, queries=10, batch_pairs=100, timeout_s=0.0, copy_s_per_item=-1.0)
+
+
 def test_ranking_greedy_batcher_takes_what_waits():
     from mtiasim.serving.ranking import _serve_group
 

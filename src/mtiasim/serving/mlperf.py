@@ -158,7 +158,12 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     """MLPerf dlrm-v2, bert, resnet50: Offline = samples/s in full batches of the submitters'
     batch; Server = the largest query rate whose p99 latency meets the bound, with
     dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
-    concurrent streams per chip (default 1)."""
+    concurrent streams per chip (default 1), with up to ``bundles`` batches in flight
+    (default: the streams). A deployment with ``host_input_bytes_per_item`` copies each batch's
+    inputs from host memory over the chip's host link (at ``host_copy_efficiency`` of its
+    bandwidth, data/calibration/serving.yaml) before it runs; with two or more bundles the copy
+    of one batch overlaps the run of another, so it bounds the throughput only when it is the
+    slower stage (Offline: full batches through the same two stages)."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.serving.ranking import batch_workload, padded_attention, plan_ranking, serve_ranking
 
@@ -180,11 +185,15 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     cost = plan_ranking(info["model"], sysspec, options, padding=padding, stack=dep.get("stack"))
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(info["model"])
+    bundles = max(int(dep.get("bundles", 1)), streams)  # every running batch holds a bundle
+    copy_s_per_item = _host_copy_s_per_item(dep, sysspec, cost.shards)
     if scenario == "Offline":
         # NVIDIA's Offline harnesses form full gpu_batch_size batches from the sample set LoadGen
         # issues at once; a smaller batch that would run faster in the model (its activations
         # resident in L2) is not what they run
-        items_s = cost.throughput_pairs_per_s(int(dep["offline_batch"])) * groups
+        b = int(dep["offline_batch"])
+        run_s, copy_s = cost.batch_s(b), b * copy_s_per_item
+        items_s = b / (max(run_s, copy_s) if bundles > 1 else run_s + copy_s) * groups
         return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,
                                 tokens_per_s=0.0, samples_per_s=items_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
                                 p99_e2e_s=None, meets_bounds=None, deployment=dep)
@@ -192,7 +201,8 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
 
     def run(rate: float):
         return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch"]),
-                             timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=streams)
+                             timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=streams, bundles=bundles,
+                             copy_s_per_item=copy_s_per_item)
 
     if qps is not None:
         res = run(qps)
@@ -200,7 +210,8 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         # A server cannot outrun its full batches: under overload the batcher fills every batch to
         # server_batch, so a load above that rate queues without bound in a >= 600 s MLPerf run
         # even where a smaller batch would run faster (a short probe would still pass it)
-        cap = cost.throughput_pairs_per_s(int(dep["server_batch"])) * groups / mix.mean
+        full = int(dep["server_batch"])
+        cap = full / max(cost.batch_s(full), full * copy_s_per_item) * groups / mix.mean
         lo, hi, res = 0.0, cap, None
         for _ in range(search_steps):
             mid = (lo + hi) / 2
@@ -215,6 +226,22 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
                             p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep,
                             latency_s=Percentiles(mean=res.mean_latency_s, p50=res.p50_latency_s,
                                                   p90=res.p90_latency_s, p99=res.p99_latency_s))
+
+
+def _host_copy_s_per_item(dep: dict[str, Any], system: SystemSpec, shards: int) -> float:
+    """Seconds per item to copy a batch's inputs from host memory to its chips: the deployment's
+    ``host_input_bytes_per_item`` (the harness's input formats; absent: inputs start on the device)
+    over ``shards`` chips' host links in parallel at ``host_copy_efficiency`` of their bandwidth."""
+    nbytes = float(dep.get("host_input_bytes_per_item", 0.0))
+    if nbytes <= 0:
+        return 0.0
+    from mtiasim.system.plan import serving_calibration
+
+    link = system.load_chip().host_link.bandwidth_bytes_per_s.value
+    if not link:
+        raise ValueError(f"{system.chip} publishes no host-link bandwidth, so the deployment's host-to-device input "
+                         "copies (host_input_bytes_per_item in data/mlperf/deployments.yaml) cannot be timed")
+    return nbytes / (link * serving_calibration()["host_copy_efficiency"].value * shards)
 
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,

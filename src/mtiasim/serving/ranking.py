@@ -236,7 +236,8 @@ class RankingServingResult:
 
 def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: int | None = None, batch_pairs: int,
                   timeout_s: float, seed: int = 0, mix: QueryMix | None = None, streams: int = 1,
-                  min_batches: int = 400) -> RankingServingResult:
+                  min_batches: int = 400, bundles: int | None = None,
+                  copy_s_per_item: float = 0.0) -> RankingServingResult:
     """Poisson queries at ``qps`` over ``groups`` chip groups (data-parallel replicas, each
     ``cost.shards`` chips) with dynamic batching.
 
@@ -247,12 +248,23 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     loads that a 10-minute MLPerf run does not.
 
     Each group runs up to ``streams`` batches at once (NVIDIA's harnesses issue batches to
-    several CUDA streams): the batcher forms the next batch as soon as a stream is free, and the
-    batches in flight share the chip equally (processor sharing), so a batch's time stretches
-    with the number running beside it while the chip's throughput is unchanged. With one stream
-    batches run back to back."""
+    several CUDA streams): the batches in flight share the chip equally (processor sharing), so a
+    batch's time stretches with the number running beside it while the chip's throughput is
+    unchanged. With one stream batches run back to back.
+
+    ``bundles`` (default ``streams``) batches may be in flight at once, counting those formed and
+    waiting for a stream (NVIDIA's DLRM-v2 harness: ``gpu_num_bundles`` sets of device buffers, so
+    the next batch is formed and copied while one runs): the batcher forms a batch whenever fewer
+    are in flight. A formed batch first copies its inputs to the chip, ``copy_s_per_item`` seconds
+    per item on one copy engine shared by the group's batches in turn (0: the inputs start on the
+    device), then waits for a free stream, first come first served."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
+    bundles = streams if bundles is None else bundles
+    if bundles < streams:
+        raise ValueError(f"bundles ({bundles}) must be at least streams ({streams}): every running batch holds one")
+    if copy_s_per_item < 0:
+        raise ValueError(f"copy_s_per_item must be >= 0, got {copy_s_per_item}")
     mix = mix or QueryMix.mlperf()
     per_batch = max(1.0, batch_pairs / mix.mean)
     queries = queries or int(min(max(20_000, min_batches * per_batch), 400_000))
@@ -261,7 +273,8 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     pairs = mix.draw(queries, rng)
     latencies = np.empty(queries)
     batches: list[int] = []
-    _serve_group(arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches)
+    _serve_group(arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches, bundles=bundles,
+                 copy_s_per_item=copy_s_per_item)
     finish = float(np.max(arrivals + latencies))
     # latency percentiles over the second half of the run: past warm-up, and where an overloaded
     # system's growing backlog shows
@@ -275,42 +288,63 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
 
 
 def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float, streams: int,
-                 latencies: np.ndarray, batches: list[int]) -> None:
-    """One chip group's batcher and its ``streams`` (see ``serve_ranking``) over queries in arrival
-    order; writes ``latencies`` and appends each batch's items to ``batches``."""
+                 latencies: np.ndarray, batches: list[int], *, bundles: int | None = None,
+                 copy_s_per_item: float = 0.0) -> None:
+    """One chip group's batcher, its copy engine and its ``streams`` (see ``serve_ranking``) over
+    queries in arrival order; writes ``latencies`` and appends each batch's items to ``batches``."""
+    bundles = streams if bundles is None else bundles
     q: deque[int] = deque()
     queued = 0  # items waiting in q
-    active: list[list] = []  # [remaining solo seconds, query ids] of the batches in flight
+    active: list[list] = []  # [remaining solo seconds, query ids] of the batches running
+    waiting: deque[tuple[float, float, list[int]]] = deque()  # (inputs on chip at, solo seconds, ids), FIFO
+    copy_free = 0.0  # when the copy engine finishes the inputs it has been given
     now, k, n = 0.0, 0, len(arrivals)
 
+    def next_event() -> float:
+        """When the next running batch ends or the next waiting one can start."""
+        done = now + min(a[0] for a in active) * len(active) if active else math.inf
+        ready = max(now, waiting[0][0]) if waiting and len(active) < streams else math.inf
+        return min(done, ready)
+
     def advance(until: float) -> None:
-        """Run the batches in flight (processor sharing) up to ``until``, completing those that end."""
+        """Run the batches in flight (processor sharing) up to ``until``: complete those that end,
+        start waiting ones as streams free up and their inputs are on the chip."""
         nonlocal now
-        while active:
+        while True:
+            while waiting and len(active) < streams and waiting[0][0] <= now:
+                _, solo, ids = waiting.popleft()
+                active.append([solo, ids])
             m = len(active)
-            least = min(a[0] for a in active)
-            if now + least * m > until:
+            least = min(a[0] for a in active) if active else 0.0
+            done = now + least * m if active else math.inf
+            ready = max(now, waiting[0][0]) if waiting and m < streams else math.inf
+            if min(done, ready) > until:
                 for a in active:
                     a[0] -= (until - now) / m
                 break
-            now += least * m
-            for a in active:
-                a[0] -= least
-            for a in [a for a in active if a[0] <= 0.0]:
-                for i in a[1]:
-                    latencies[i] = now - arrivals[i]
-                active.remove(a)
+            if done <= ready:  # a running batch ends first: its share of work, exactly
+                now = done
+                for a in active:
+                    a[0] -= least
+                for a in [a for a in active if a[0] <= 0.0]:
+                    for i in a[1]:
+                        latencies[i] = now - arrivals[i]
+                    active.remove(a)
+            else:  # a waiting batch's inputs arrive while a stream is free
+                for a in active:
+                    a[0] -= (ready - now) / m
+                now = ready
         now = max(now, until)
 
-    while k < n or q or active:
-        if len(active) >= streams or (not q and k >= n):
-            advance(now + min(a[0] for a in active) * len(active))  # wait for a stream to free up
+    while k < n or q or active or waiting:
+        if len(active) + len(waiting) >= bundles or (not q and k >= n):
+            advance(next_event())  # wait for a bundle to free up
             continue
         if not q:
             q.append(k)
             queued += int(pairs[k])
             k += 1
-        # a stream is free: the batch opens when a query waits; it starts when the queued pairs
+        # a bundle is free: the batch opens when a query waits; it closes when the queued pairs
         # reach the target or the oldest query has waited the timeout
         t0 = max(now, arrivals[q[0]])
         deadline = max(t0, arrivals[q[0]] + timeout_s)
@@ -326,5 +360,6 @@ def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int
             total += int(pairs[i])
         queued -= total
         advance(start)
-        active.append([cost.batch_s(total), batch])
+        copy_free = max(start, copy_free) + total * copy_s_per_item
+        waiting.append((copy_free, cost.batch_s(total), batch))
         batches.append(total)
