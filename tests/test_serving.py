@@ -510,12 +510,36 @@ def test_ranking_input_copies_bound_throughput_only_when_slower_than_the_batches
         assert batches == [10] * 10 and lat.max() == pytest.approx(last, rel=1e-9)
 
 
+def test_ranking_batch_overhead_holds_the_stream():
+    from mtiasim.serving.ranking import _serve_group
+
+    # four one-item queries at t=0, batches of one, 1 ms of kernels plus 0.5 ms of harness work per
+    # batch on the one stream: done at 1.5, 3, 4.5 and 6 ms
+    lat, batches = np.empty(4), []
+    _serve_group(np.zeros(4), np.ones(4, dtype=int), LinearBatch(1e-3, 0.0), 1, 0.0, 1, lat, batches,
+                 batch_overhead_s=5e-4)
+    assert lat == pytest.approx([1.5e-3, 3e-3, 4.5e-3, 6e-3], rel=1e-12)
+
+
+def test_dlrm_server_falls_below_offline_by_more_at_a_smaller_server_batch():
+    from mtiasim.serving.mlperf import predict
+
+    # NVIDIA v4.0 DLRM-v2-99 on H100: Server / Offline 0.938 on one GPU (Server batch 102,400) and
+    # 0.880 on eight (51,200): a fixed harness time per batch weighs more in a smaller batch
+    one = [predict("dlrm-v2-99", "h100-sxm-80gb:1", s, mlperf_round="v4.0") for s in ("Offline", "Server")]
+    eight = [predict("dlrm-v2-99", "h100-sxm-80gb:8", s, mlperf_round="v4.0") for s in ("Offline", "Server")]
+    assert (one[1].deployment["server_batch"], eight[1].deployment["server_batch"]) == (102400, 51200)
+    r1, r8 = one[1].samples_per_s / one[0].samples_per_s, eight[1].samples_per_s / eight[0].samples_per_s
+    assert r8 < r1 < 1.0
+    assert r1 == pytest.approx(0.938, abs=0.05) and r8 == pytest.approx(0.880, abs=0.05)
+
+
 def test_ranking_bundles_refuse_fewer_than_streams():
     from mtiasim.serving.ranking import serve_ranking
 
     with pytest.raises(ValueError, match=r"bundles \(1\) must be at least streams \(2\)"):
         serve_ranking(LinearBatch(), 1, 10.0, queries=10, batch_pairs=100, timeout_s=0.0, streams=2, bundles=1)
-    with pytest.raises(ValueError, match="copy_s_per_item must be >= 0"):
+    with pytest.raises(ValueError, match="copy_s_per_item and batch_overhead_s must be >= 0"):
         serve_ranking(LinearBatch(), 1, 10.0, queries=10, batch_pairs=100, timeout_s=0.0, copy_s_per_item=-1.0)
 
 

@@ -163,7 +163,9 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     inputs from host memory over the chip's host link (at ``host_copy_efficiency`` of its
     bandwidth, data/calibration/serving.yaml) before it runs; with two or more bundles the copy
     of one batch overlaps the run of another, so it bounds the throughput only when it is the
-    slower stage (Offline: full batches through the same two stages)."""
+    slower stage (Offline: full batches through the same two stages). ``batch_overhead_s`` is a
+    harness's per-batch time on the stream beside the engine's kernels; ``by_count`` holds settings
+    a submitter gave one system size (e.g. a larger Server batch on one GPU)."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.serving.ranking import batch_workload, padded_attention, plan_ranking, serve_ranking
 
@@ -174,6 +176,9 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     dep = deployment(info["benchmark"], sysspec.chip, high_accuracy=benchmark.endswith("99.9"),
                      mlperf_round=mlperf_round, maxq=maxq, scenario=scenario)
     sysspec = _capped(sysspec, dep)
+    own = dep.get("by_count", {}).get(sysspec.count, {})  # a system size's own settings
+    if own:
+        dep = {**dep, **own, "source": " | ".join(x for x in (dep.get("source"), own.get("source")) if x)}
     streams = int(dep.get("server_streams", 1)) if scenario == "Server" else 1
     # Server streams run their batches at once: each keeps its activations in 1/streams of SRAM/L2
     options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
@@ -187,12 +192,13 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     mix, _, _ = batch_workload(info["model"])
     bundles = max(int(dep.get("bundles", 1)), streams)  # every running batch holds a bundle
     copy_s_per_item = _host_copy_s_per_item(dep, sysspec, cost.shards)
+    overhead_s = float(dep.get("batch_overhead_s", 0.0))
     if scenario == "Offline":
         # NVIDIA's Offline harnesses form full gpu_batch_size batches from the sample set LoadGen
         # issues at once; a smaller batch that would run faster in the model (its activations
         # resident in L2) is not what they run
         b = int(dep["offline_batch"])
-        run_s, copy_s = cost.batch_s(b), b * copy_s_per_item
+        run_s, copy_s = cost.batch_s(b) + overhead_s, b * copy_s_per_item
         items_s = b / (max(run_s, copy_s) if bundles > 1 else run_s + copy_s) * groups
         return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,
                                 tokens_per_s=0.0, samples_per_s=items_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
@@ -202,7 +208,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     def run(rate: float):
         return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch"]),
                              timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=streams, bundles=bundles,
-                             copy_s_per_item=copy_s_per_item)
+                             copy_s_per_item=copy_s_per_item, batch_overhead_s=overhead_s)
 
     if qps is not None:
         res = run(qps)
@@ -211,7 +217,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         # server_batch, so a load above that rate queues without bound in a >= 600 s MLPerf run
         # even where a smaller batch would run faster (a short probe would still pass it)
         full = int(dep["server_batch"])
-        cap = full / max(cost.batch_s(full), full * copy_s_per_item) * groups / mix.mean
+        cap = full / max(cost.batch_s(full) + overhead_s, full * copy_s_per_item) * groups / mix.mean
         lo, hi, res = 0.0, cap, None
         for _ in range(search_steps):
             mid = (lo + hi) / 2

@@ -237,7 +237,7 @@ class RankingServingResult:
 def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: int | None = None, batch_pairs: int,
                   timeout_s: float, seed: int = 0, mix: QueryMix | None = None, streams: int = 1,
                   min_batches: int = 400, bundles: int | None = None,
-                  copy_s_per_item: float = 0.0) -> RankingServingResult:
+                  copy_s_per_item: float = 0.0, batch_overhead_s: float = 0.0) -> RankingServingResult:
     """Poisson queries at ``qps`` over ``groups`` chip groups (data-parallel replicas, each
     ``cost.shards`` chips) with dynamic batching.
 
@@ -257,14 +257,17 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     the next batch is formed and copied while one runs): the batcher forms a batch whenever fewer
     are in flight. A formed batch first copies its inputs to the chip, ``copy_s_per_item`` seconds
     per item on one copy engine shared by the group's batches in turn (0: the inputs start on the
-    device), then waits for a free stream, first come first served."""
+    device), then waits for a free stream, first come first served. Each batch holds its stream
+    ``batch_overhead_s`` longer than the engine's kernels take (a harness's per-batch work on the
+    stream: synchronisation, results, completions)."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
     bundles = streams if bundles is None else bundles
     if bundles < streams:
         raise ValueError(f"bundles ({bundles}) must be at least streams ({streams}): every running batch holds one")
-    if copy_s_per_item < 0:
-        raise ValueError(f"copy_s_per_item must be >= 0, got {copy_s_per_item}")
+    if copy_s_per_item < 0 or batch_overhead_s < 0:
+        raise ValueError(f"copy_s_per_item and batch_overhead_s must be >= 0, got {copy_s_per_item}, "
+                         f"{batch_overhead_s}")
     mix = mix or QueryMix.mlperf()
     per_batch = max(1.0, batch_pairs / mix.mean)
     queries = queries or int(min(max(20_000, min_batches * per_batch), 400_000))
@@ -274,7 +277,7 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     latencies = np.empty(queries)
     batches: list[int] = []
     _serve_group(arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches, bundles=bundles,
-                 copy_s_per_item=copy_s_per_item)
+                 copy_s_per_item=copy_s_per_item, batch_overhead_s=batch_overhead_s)
     finish = float(np.max(arrivals + latencies))
     # latency percentiles over the second half of the run: past warm-up, and where an overloaded
     # system's growing backlog shows
@@ -289,7 +292,7 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
 
 def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float, streams: int,
                  latencies: np.ndarray, batches: list[int], *, bundles: int | None = None,
-                 copy_s_per_item: float = 0.0) -> None:
+                 copy_s_per_item: float = 0.0, batch_overhead_s: float = 0.0) -> None:
     """One chip group's batcher, its copy engine and its ``streams`` (see ``serve_ranking``) over
     queries in arrival order; writes ``latencies`` and appends each batch's items to ``batches``."""
     bundles = streams if bundles is None else bundles
@@ -361,5 +364,5 @@ def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int
         queued -= total
         advance(start)
         copy_free = max(start, copy_free) + total * copy_s_per_item
-        waiting.append((copy_free, cost.batch_s(total), batch))
+        waiting.append((copy_free, cost.batch_s(total) + batch_overhead_s, batch))
         batches.append(total)
