@@ -197,13 +197,19 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     bundles = max(int(dep.get("bundles", 1)), streams)  # every running batch holds a bundle
     copy_s_per_item = _host_copy_s_per_item(dep, sysspec, cost.shards)
     overhead_s = float(dep.get("batch_overhead_s", 0.0))
+
+    def full_batches_per_s(b: int) -> float:
+        """Batches of ``b`` items per second back to back: the copy overlaps another batch's run
+        when there are two bundles or more, else it adds to it."""
+        run_s, copy_s = cost.batch_s(b) + overhead_s, b * copy_s_per_item
+        return 1.0 / (max(run_s, copy_s) if bundles > 1 else run_s + copy_s)
+
     if scenario == "Offline":
         # NVIDIA's Offline harnesses form full gpu_batch_size batches from the sample set LoadGen
         # issues at once; a smaller batch that would run faster in the model (its activations
         # resident in L2) is not what they run
         b = int(dep["offline_batch"])
-        run_s, copy_s = cost.batch_s(b) + overhead_s, b * copy_s_per_item
-        items_s = b / (max(run_s, copy_s) if bundles > 1 else run_s + copy_s) * groups
+        items_s = b * full_batches_per_s(b) * groups
         return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=None,
                                 tokens_per_s=0.0, samples_per_s=items_s / mix.mean, p99_ttft_s=None, p99_tpot_s=None,
                                 p99_e2e_s=None, meets_bounds=None, deployment=dep)
@@ -221,7 +227,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         # server_batch, so a load above that rate queues without bound in a >= 600 s MLPerf run
         # even where a smaller batch would run faster (a short probe would still pass it)
         full = int(dep["server_batch"])
-        cap = full / max(cost.batch_s(full) + overhead_s, full * copy_s_per_item) * groups / mix.mean
+        cap = full * full_batches_per_s(full) * groups / mix.mean
         lo, hi, res = 0.0, cap, None
         for _ in range(search_steps):
             mid = (lo + hi) / 2
