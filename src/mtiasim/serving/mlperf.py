@@ -37,6 +37,16 @@ SERVER_MIN_DURATION_S = 600.0
 #: stayed under the TTFT bound in that time and the search ended on the knee (Mixtral on 4 H100s:
 #: p99 TTFT 1.83 s at the operating point, 0.56 s with 600 s probes; BENCHMARKS.md session 22)
 SERVER_PROBE_REQUESTS = (1_000, 60_000)
+#: queries one chip group of a batched benchmark (dlrm-v2, bert, resnet50) serves in a Server
+#: probe: SERVER_MIN_DURATION_S of its arrivals, within these bounds (the upper one only guards
+#: the search's time and memory: 2,000,000 is 290 s of a bert group at the knee, 31 s of a DLRM-v2
+#: one and 23 s of a ResNet-50 one), and at most SERVER_PROBE_BATCHES batches: a light load's many
+#: small batches settle long before that. Until session 24 a probe was 400 full batches (at least
+#: 20,000 queries): 3-7 s of arrivals, in which a queue at the knee has not yet grown to what a
+#: 600 s run shows (bert-99 on 8 H100s at the model's operating point: p99 59 ms in 50,000
+#: queries, 71 ms in 400,000, 100 ms in 2,000,000; measured 76-130 ms; BENCHMARKS.md session 24)
+SERVER_PROBE_QUERIES = (20_000, 2_000_000)
+SERVER_PROBE_BATCHES = 100_000
 
 
 @lru_cache(maxsize=1)
@@ -216,27 +226,36 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     bound = _slo(info["benchmark"], "Server")["latency_p99_s"]
 
     def run(rate: float):
-        return serve_ranking(cost, groups, rate, queries=queries, batch_pairs=int(dep["server_batch"]),
+        # a probe: the queries given, else SERVER_MIN_DURATION_S of one group's arrivals (within
+        # SERVER_PROBE_QUERIES and SERVER_PROBE_BATCHES), as long as the MLPerf run it stands for
+        lo_n, hi_n = SERVER_PROBE_QUERIES
+        n = queries or int(min(max(rate / groups * SERVER_MIN_DURATION_S, lo_n), hi_n))
+        return serve_ranking(cost, groups, rate, queries=n, batch_pairs=int(dep["server_batch"]),
                              timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=streams, bundles=bundles,
-                             copy_s_per_item=copy_s_per_item, batch_overhead_s=overhead_s)
+                             copy_s_per_item=copy_s_per_item, batch_overhead_s=overhead_s,
+                             max_batches=None if queries else SERVER_PROBE_BATCHES)
 
     if qps is not None:
         res = run(qps)
     else:
         # A server cannot outrun its full batches: under overload the batcher fills every batch to
         # server_batch, so a load above that rate queues without bound in a >= 600 s MLPerf run
-        # even where a smaller batch would run faster (a short probe would still pass it)
+        # even where a smaller batch would run faster (a short probe would still pass it). The cap
+        # is probed first: where it meets the bound it is the answer (bisection below it would
+        # only approach it), else the largest passing load below it is found by bisection.
         full = int(dep["server_batch"])
         cap = full * full_batches_per_s(full) * groups / mix.mean
-        lo, hi, res = 0.0, cap, None
-        for _ in range(search_steps):
-            mid = (lo + hi) / 2
-            r = run(mid)
-            if r.p99_latency_s <= bound:
-                lo, res = mid, r
-            else:
-                hi = mid
-        res = res or run(0.01 * cap)
+        res = run(cap)
+        if res.p99_latency_s > bound:
+            lo, hi, res = 0.0, cap, None
+            for _ in range(search_steps):
+                mid = (lo + hi) / 2
+                r = run(mid)
+                if r.p99_latency_s <= bound:
+                    lo, res = mid, r
+                else:
+                    hi = mid
+            res = res or run(0.01 * cap)
     return MLPerfPrediction(benchmark=info["benchmark"], system=sysspec.name, scenario=scenario, qps=res.qps,
                             tokens_per_s=0.0, samples_per_s=res.samples_per_s, p99_ttft_s=None, p99_tpot_s=None,
                             p99_e2e_s=res.p99_latency_s, meets_bounds=res.p99_latency_s <= bound, deployment=dep,

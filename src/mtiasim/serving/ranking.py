@@ -11,6 +11,7 @@ analytical otherwise) on a grid of batch sizes (interpolated). A query completes
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
@@ -237,7 +238,8 @@ class RankingServingResult:
 def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: int | None = None, batch_pairs: int,
                   timeout_s: float, seed: int = 0, mix: QueryMix | None = None, streams: int = 1,
                   min_batches: int = 400, bundles: int | None = None,
-                  copy_s_per_item: float = 0.0, batch_overhead_s: float = 0.0) -> RankingServingResult:
+                  copy_s_per_item: float = 0.0, batch_overhead_s: float = 0.0,
+                  max_batches: int | None = None) -> RankingServingResult:
     """Poisson queries at ``qps`` over ``groups`` chip groups (data-parallel replicas, each
     ``cost.shards`` chips) with dynamic batching.
 
@@ -259,7 +261,11 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     per item on one copy engine shared by the group's batches in turn (0: the inputs start on the
     device), then waits for a free stream, first come first served. Each batch holds its stream
     ``batch_overhead_s`` longer than the engine's kernels take (a harness's per-batch work on the
-    stream: synchronisation, results, completions)."""
+    stream: synchronisation, results, completions).
+
+    ``max_batches`` ends the run once that many batches have been formed (the queries batched by
+    then are the run): a light load forms many small batches, and its stable queue needs far
+    fewer of them than a load near the knee, whose batches are full, needs queries."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
     bundles = streams if bundles is None else bundles
@@ -272,12 +278,18 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
     per_batch = max(1.0, batch_pairs / mix.mean)
     queries = queries or int(min(max(20_000, min_batches * per_batch), 400_000))
     rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(1.0 / qps, queries * groups))[::groups]
+    # the group's share of a Poisson stream dealt round-robin: its first arrival, then every
+    # groups-th, i.e. gaps that are sums of `groups` exponential gaps (Erlang), drawn as such
+    gaps = rng.gamma(groups, 1.0 / qps, queries)
+    gaps[0] = rng.exponential(1.0 / qps)
+    arrivals = np.cumsum(gaps)
     pairs = mix.draw(queries, rng)
     latencies = np.empty(queries)
     batches: list[int] = []
-    _serve_group(arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches, bundles=bundles,
-                 copy_s_per_item=copy_s_per_item, batch_overhead_s=batch_overhead_s)
+    queries = _serve_group(arrivals, pairs, cost, batch_pairs, timeout_s, streams, latencies, batches,
+                           bundles=bundles, copy_s_per_item=copy_s_per_item, batch_overhead_s=batch_overhead_s,
+                           max_batches=max_batches)
+    arrivals, latencies = arrivals[:queries], latencies[:queries]
     finish = float(np.max(arrivals + latencies))
     # latency percentiles over the second half of the run: past warm-up, and where an overloaded
     # system's growing backlog shows
@@ -292,16 +304,30 @@ def serve_ranking(cost: RankingBatchCost, groups: int, qps: float, *, queries: i
 
 def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int, timeout_s: float, streams: int,
                  latencies: np.ndarray, batches: list[int], *, bundles: int | None = None,
-                 copy_s_per_item: float = 0.0, batch_overhead_s: float = 0.0) -> None:
+                 copy_s_per_item: float = 0.0, batch_overhead_s: float = 0.0,
+                 max_batches: int | None = None) -> int:
     """One chip group's batcher, its copy engine and its ``streams`` (see ``serve_ranking``) over
-    queries in arrival order; writes ``latencies`` and appends each batch's items to ``batches``."""
+    queries in arrival order; writes ``latencies`` and appends each batch's items to ``batches``.
+    Returns the queries served: all, or those batched in the first ``max_batches`` batches.
+
+    Queries are served first come first served, so the queue is always the index range
+    [head, k) of the arrivals: a batch is found by bisection on the arrival times and on the
+    running sum of items, and its queries' latencies are written as one slice when it ends. The
+    work per batch does not grow with its queries, so a probe of millions of queries (a 600 s
+    MLPerf run) takes seconds."""
     bundles = streams if bundles is None else bundles
-    q: deque[int] = deque()
-    queued = 0  # items waiting in q
-    active: list[list] = []  # [remaining solo seconds, query ids] of the batches running
-    waiting: deque[tuple[float, float, list[int]]] = deque()  # (inputs on chip at, solo seconds, ids), FIFO
+    n = len(arrivals)
+    times = arrivals.tolist()  # Python floats: bisect on a list is faster than numpy per call
+    cum = [0, *np.cumsum(pairs, dtype=np.int64).tolist()]  # items of queries [0, i)
+    head, k = 0, 0  # queries [head, k) have arrived and wait for a batch; [0, head) are batched
+    active: list[list] = []  # [remaining solo seconds, first query, end query] of the batches running
+    waiting: deque[tuple[float, float, int, int]] = deque()  # (inputs on chip at, solo s, first, end), FIFO
     copy_free = 0.0  # when the copy engine finishes the inputs it has been given
-    now, k, n = 0.0, 0, len(arrivals)
+    now = 0.0
+    solo_s: dict[int, float] = {}  # the engine's time of a batch of so many items, memoised
+
+    def finish(a: list) -> None:
+        latencies[a[1]:a[2]] = now - arrivals[a[1]:a[2]]
 
     def next_event() -> float:
         """When the next running batch ends or the next waiting one can start."""
@@ -315,8 +341,8 @@ def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int
         nonlocal now
         while True:
             while waiting and len(active) < streams and waiting[0][0] <= now:
-                _, solo, ids = waiting.popleft()
-                active.append([solo, ids])
+                _, solo, first, end = waiting.popleft()
+                active.append([solo, first, end])
             m = len(active)
             least = min(a[0] for a in active) if active else 0.0
             done = now + least * m if active else math.inf
@@ -330,8 +356,7 @@ def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int
                 for a in active:
                     a[0] -= least
                 for a in [a for a in active if a[0] <= 0.0]:
-                    for i in a[1]:
-                        latencies[i] = now - arrivals[i]
+                    finish(a)
                     active.remove(a)
             else:  # a waiting batch's inputs arrive while a stream is free
                 for a in active:
@@ -339,30 +364,33 @@ def _serve_group(arrivals: np.ndarray, pairs: np.ndarray, cost, batch_pairs: int
                 now = ready
         now = max(now, until)
 
-    while k < n or q or active or waiting:
-        if len(active) + len(waiting) >= bundles or (not q and k >= n):
+    if max_batches is not None:
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    while (k < n or head < k) and (max_batches is None or len(batches) < max_batches) or active or waiting:
+        if len(active) + len(waiting) >= bundles or (head == k and k >= n) or len(batches) == max_batches:
             advance(next_event())  # wait for a bundle to free up
             continue
-        if not q:
-            q.append(k)
-            queued += int(pairs[k])
+        if head == k:
             k += 1
-        # a bundle is free: the batch opens when a query waits; it closes when the queued pairs
-        # reach the target or the oldest query has waited the timeout
-        t0 = max(now, arrivals[q[0]])
-        deadline = max(t0, arrivals[q[0]] + timeout_s)
-        while k < n and queued < batch_pairs and arrivals[k] <= deadline:
-            q.append(k)
-            queued += int(pairs[k])
-            k += 1
-        start = deadline if queued < batch_pairs else max(t0, arrivals[q[-1]])
-        batch, total = [], 0
-        while q and (not batch or total + pairs[q[0]] <= batch_pairs):
-            i = q.popleft()
-            batch.append(i)
-            total += int(pairs[i])
-        queued -= total
+        # a bundle is free: the batch opens when a query waits; it closes when the queued items
+        # reach the target or the oldest query has waited the timeout. Queries join while fewer
+        # than batch_pairs items wait and they arrived by the deadline.
+        t0 = max(now, times[head])
+        deadline = max(t0, times[head] + timeout_s)
+        if cum[k] - cum[head] < batch_pairs:
+            by_time = bisect_right(times, deadline, k)
+            by_items = bisect_left(cum, cum[head] + batch_pairs, k + 1)  # the first k' holding enough
+            k = min(by_time, by_items, n)
+        start = deadline if cum[k] - cum[head] < batch_pairs else max(t0, times[k - 1])
+        # the batch takes the oldest queries whose items fit (at least one)
+        end = max(head + 1, min(k, bisect_right(cum, cum[head] + batch_pairs, head + 1) - 1))
+        total = cum[end] - cum[head]
         advance(start)
         copy_free = max(start, copy_free) + total * copy_s_per_item
-        waiting.append((copy_free, cost.batch_s(total) + batch_overhead_s, batch))
+        if total not in solo_s:
+            solo_s[total] = cost.batch_s(total) + batch_overhead_s
+        waiting.append((copy_free, solo_s[total], head, end))
         batches.append(total)
+        head = end
+    return head
