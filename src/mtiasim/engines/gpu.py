@@ -8,7 +8,9 @@ Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
   the stack names the kernel: cuDNN, FlashAttention-2) under FlashAttention's work-item schedule;
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
 - a stack can scale the GEMM efficiency of a dtype (eager PyTorch's INT8 goes through
-  cuBLASLt's slower INT8 kernels) and time elementwise kernels that read strided views or
+  cuBLASLt's slower INT8 kernels), and separately that of its grouped GEMMs (an MoE layer's
+  experts in one kernel, whose kernels are not the dense cuBLAS ones), and time elementwise
+  kernels that read strided views or
   broadcast an input at its generic path's bandwidth (PyTorch: non-vectorised kernels);
 - a stack can give its embedding-bag kernel's own issue limits, per SM cycle: elements summed
   and a cost per bag (PyTorch's kernel is latency-bound, not HBM-bound: the same gathers took
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mtiasim.calibration import CalValue, Fraction
 from mtiasim.compiler.program import Kernel, Program
 from mtiasim.engines.analytical import AnalyticalEngine, KernelTime
+from mtiasim.graph.ops.base import OPS
 
 
 class EmbeddingBagKernel(BaseModel):
@@ -49,6 +52,7 @@ class Stack(BaseModel):
     attention_kernel_source: str
     launch_overhead_s: CalValue
     gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
+    grouped_gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
     strided_elementwise_efficiency: Fraction | None = None
     embedding_bag: EmbeddingBagKernel | None = None
 
@@ -89,6 +93,12 @@ Q_BLOCK = 128  # query rows per FlashAttention work item (FA2, FA3 and cuDNN's H
 
 def is_gemm(k: Kernel) -> bool:
     return k.work.matrix_flops > 0 and k.op != "attention"
+
+
+def is_grouped_gemm(k: Kernel) -> bool:
+    """A kernel whose op is a grouped GEMM (an MoE layer's experts in one launch)."""
+    op = OPS.get(k.op)
+    return op is not None and op.grouped_gemm
 
 
 class GPUEngine(AnalyticalEngine):
@@ -146,8 +156,15 @@ class GPUEngine(AnalyticalEngine):
             if frac is not None and peak > 0:
                 return self.attention_s(k, peak * frac.value)
         t = super().matrix_s(k, clock_scale)
+        if not is_gemm(k):
+            return t
         scale = self.stack.gemm_efficiency_scale.get(k.compute_dtype)
-        return t / scale.value if scale is not None and is_gemm(k) else t
+        if scale is not None:
+            t /= scale.value
+        grouped = self.stack.grouped_gemm_efficiency_scale.get(k.compute_dtype)
+        if grouped is not None and is_grouped_gemm(k):
+            t /= grouped.value
+        return t
 
     def vector_s(self, k: Kernel, clock_scale: float) -> float:
         t = super().vector_s(k, clock_scale)

@@ -80,6 +80,9 @@ class OpDef:
     #: one PyTorch-level layer becomes several kernels (e.g. a DCNv2 cross layer's dcn_down and
     #: dcn_up both answer to 'dcn_cross'); None: the op's own name
     precision_group: ClassVar[str | None] = None
+    #: a grouped GEMM: one kernel multiplying many independent (rows, weight) pairs of different
+    #: sizes, as an MoE layer's experts are run (a stack may time these below its dense GEMMs)
+    grouped_gemm: ClassVar[bool] = False
 
     @property
     def precision_key(self) -> str:

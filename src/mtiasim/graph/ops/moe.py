@@ -87,6 +87,7 @@ class MoEExpertUp(OpDef):
 
     name = "moe_expert_up"
     engine = "matrix"
+    grouped_gemm = True
 
     def infer(self, inputs, attrs):
         x, ids, w1, w3 = inputs
@@ -146,6 +147,7 @@ class MoEExpertDown(OpDef):
 
     name = "moe_expert_down"
     engine = "matrix"
+    grouped_gemm = True
 
     def infer(self, inputs, attrs):
         h, ids, w2 = inputs
