@@ -114,8 +114,8 @@ def test_gpu_engine_refuses_pe_grid_chips():
 
 
 def _mixtral_layer_ops(tokens: int, stack: str) -> dict[str, list]:
-    """One Mixtral-8x7B layer (FP8, TP1) over ``tokens`` tokens on an H100, kernels by op, with
-    their compute terms at the clock the rates were measured at (``compute_at_measured_clock_s``)."""
+    """One Mixtral-8x7B layer (FP8, TP1) over ``tokens`` tokens on an H100: per op, its kernels as
+    (op result, compute term at the clock the rates were measured at)."""
     from mtiasim.api import run_program, workload_graph
 
     seq = min(tokens, 1024)
@@ -133,13 +133,17 @@ def test_tensorrt_llm_times_its_moe_expert_gemms_below_its_dense_gemms():
     # NVIDIA's v4.1 Mixtral Offline log). The 'tensorrt-graphs' stack launches as cheaply and has no
     # such term, so against it: dense GEMMs alike, compute-bound expert GEMMs 1/0.53 slower, and
     # memory-bound ones (one token reads two experts' weights) no slower: the scale is a rate.
+    from mtiasim.engines.gpu import gpu_calibration
+
+    scale = gpu_calibration().stacks["tensorrt-llm"].grouped_gemm_efficiency_scale["fp8"].value
+    assert scale == pytest.approx(0.53)
     big = {s: _mixtral_layer_ops(4096, s) for s in ("tensorrt-llm", "tensorrt-graphs")}
     for (_, a), (_, b) in zip(big["tensorrt-llm"]["linear"], big["tensorrt-graphs"]["linear"]):
         assert a == pytest.approx(b, rel=1e-12)
     for op in ("moe_expert_up", "moe_expert_down"):
         ((a, ca),), ((b, cb),) = big["tensorrt-llm"][op], big["tensorrt-graphs"][op]
         assert a.bound == b.bound == "compute"
-        assert ca == pytest.approx(cb / 0.53, rel=1e-12)
+        assert ca == pytest.approx(cb / scale, rel=1e-12)
         assert a.memory_s == pytest.approx(b.memory_s, rel=1e-12)
     small = {s: _mixtral_layer_ops(1, s) for s in ("tensorrt-llm", "tensorrt-graphs")}
     for op in ("moe_expert_up", "moe_expert_down"):

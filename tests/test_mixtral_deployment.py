@@ -22,7 +22,9 @@ def test_nvidia_mixtral_server_log_needs_an_fp8_kv_cache():
     # E[O] / 2), so the cache holds >= 647 x (400 + 72.4) = 305,700 tokens: more than a 16-bit KV
     # cache leaves beside the FP8 weights on an 80 GB H100, within what an FP8 one leaves.
     log = _log()
-    per_gpu_qps = log["completed_samples_per_s"] / 8
+    gpus = SystemSpec.parse(log["system"]).count
+    assert gpus == 8
+    per_gpu_qps = log["completed_samples_per_s"] / gpus
     tokens = log["completed_tokens_per_s"] / log["completed_samples_per_s"]
     in_flight = per_gpu_qps * (tokens - 1) * log["tpot_ms"]["mean"] / 1e3
     assert in_flight == pytest.approx(647, abs=1)

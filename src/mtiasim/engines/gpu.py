@@ -9,9 +9,9 @@ Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
 - a stack can scale the GEMM efficiency of a dtype (eager PyTorch's INT8 goes through
   cuBLASLt's slower INT8 kernels), and separately that of its grouped GEMMs (an MoE layer's
-  experts in one kernel, whose kernels are not the dense cuBLAS ones), and time elementwise
-  kernels that read strided views or
-  broadcast an input at its generic path's bandwidth (PyTorch: non-vectorised kernels);
+  experts in one kernel, not the dense cuBLAS ones), and time elementwise kernels that read
+  strided views or broadcast an input at its generic path's bandwidth (PyTorch: non-vectorised
+  kernels);
 - a stack can give its embedding-bag kernel's own issue limits, per SM cycle: elements summed
   and a cost per bag (PyTorch's kernel is latency-bound, not HBM-bound: the same gathers took
   the same time on an H100 and on an H200 with 1.4x its bandwidth).
