@@ -8,6 +8,7 @@ Bounds and deployments (precision, TP, batch limits: software choices) are data,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -47,6 +48,35 @@ SERVER_PROBE_REQUESTS = (1_000, 60_000)
 #: queries, 71 ms in 400,000, 100 ms in 2,000,000; measured 76-130 ms; BENCHMARKS.md session 24)
 SERVER_PROBE_QUERIES = (20_000, 2_000_000)
 SERVER_PROBE_BATCHES = 100_000
+#: independent runs (arrival streams drawn with seeds seed, seed+1, ...) that must each meet the
+#: bounds for an LLM Server search to accept a load; the latencies reported at the accepted load
+#: are the median run's. Near the knee one run's p99 TTFT is a draw from a wide distribution: the
+#: v4.1 Mixtral Server rows (the same TensorRT-LLM configs on 8 H100-SXM, loads within 1.1% of
+#: each other) report p99 TTFTs from 421 to 1,908 ms, and the model's runs at one load spread as
+#: widely (BENCHMARKS.md, session 26). A load that passes once by luck is not a result a submitter
+#: can publish: it has to pass again in the tuning reruns that choose the target QPS and whenever
+#: the result is rerun in review. Three runs is the fewest whose median is apart from the extremes.
+SERVER_RUNS = 3
+#: the same for the batched benchmarks (dlrm-v2, bert, resnet50): one run. Three were tried
+#: (session 26) and moved their p99s away from the logs: at its knee the model's greedy batcher has
+#: two stable modes (small batches whose activations stay in L2, and full batches), the median run
+#: fell in the small one (bert-99.9 on 8 H100s: 14.6 ms; one run: 128 ms) while the v4.1 logs all
+#: sit in the full-batch one (101-127 ms). Kept at one run until that bimodality is understood.
+BATCHED_SERVER_RUNS = 1
+
+
+def reliable_run(run_at: Callable[[int], Any], ok: Callable[[Any], bool], slack: Callable[[Any], float],
+                 seed: int, runs: int = SERVER_RUNS) -> Any | None:
+    """A Server probe repeated over ``runs`` independent arrival streams (seeds ``seed``,
+    ``seed + 1``, ...): None as soon as one run misses a bound (the rest are not run), else the
+    median run by ``slack`` (its p99 latency over the bound, the tightest metric's)."""
+    done = []
+    for k in range(runs):
+        r = run_at(seed + k)
+        if not ok(r):
+            return None
+        done.append(r)
+    return sorted(done, key=slack)[len(done) // 2]
 
 
 @lru_cache(maxsize=1)
@@ -168,7 +198,7 @@ def predict(benchmark: str, system: str | SystemSpec, scenario: str = "Offline",
 
 def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
                     qps: float | None = None, queries: int | None = None, search_steps: int = 12,
-                    mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
+                    mlperf_round: str | None = None, maxq: bool = False, seed: int = 0) -> MLPerfPrediction:
     """MLPerf dlrm-v2, bert, resnet50: Offline = samples/s in full batches of the submitters'
     batch; Server = the largest query rate whose p99 latency meets the bound, with
     dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
@@ -179,7 +209,9 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     of one batch overlaps the run of another, so it bounds the throughput only when it is the
     slower stage (Offline: full batches through the same two stages). ``batch_overhead_s`` is a
     harness's per-batch time on the stream beside the engine's kernels; ``by_count`` holds settings
-    a submitter gave one system size (e.g. a larger Server batch on one GPU)."""
+    a submitter gave one system size (e.g. a larger Server batch on one GPU). The Server search
+    accepts a load when BATCHED_SERVER_RUNS runs (arrival seeds ``seed``, ``seed + 1``, ...) all
+    meet the bound and reports the median one."""
     from mtiasim.compiler import CompileOptions
     from mtiasim.serving.ranking import batch_workload, padded_attention, plan_ranking, serve_ranking
 
@@ -225,7 +257,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
                                 p99_e2e_s=None, meets_bounds=None, deployment=dep)
     bound = _slo(info["benchmark"], "Server")["latency_p99_s"]
 
-    def run(rate: float):
+    def run(rate: float, seed: int = seed):
         # a probe: the queries given, else SERVER_MIN_DURATION_S of one group's arrivals (within
         # SERVER_PROBE_QUERIES and SERVER_PROBE_BATCHES), as long as the MLPerf run it stands for
         lo_n, hi_n = SERVER_PROBE_QUERIES
@@ -233,7 +265,12 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         return serve_ranking(cost, groups, rate, queries=n, batch_pairs=int(dep["server_batch"]),
                              timeout_s=float(dep["batch_timeout_s"]), mix=mix, streams=streams, bundles=bundles,
                              copy_s_per_item=copy_s_per_item, batch_overhead_s=overhead_s,
-                             max_batches=None if queries else SERVER_PROBE_BATCHES)
+                             max_batches=None if queries else SERVER_PROBE_BATCHES, seed=seed)
+
+    def passing(rate: float):
+        """The median of SERVER_RUNS runs at ``rate`` when every one meets the bound, else None."""
+        return reliable_run(lambda s: run(rate, s), lambda r: r.p99_latency_s <= bound,
+                            lambda r: r.p99_latency_s / bound, seed, runs=BATCHED_SERVER_RUNS)
 
     if qps is not None:
         res = run(qps)
@@ -245,13 +282,13 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
         # only approach it), else the largest passing load below it is found by bisection.
         full = int(dep["server_batch"])
         cap = full * full_batches_per_s(full) * groups / mix.mean
-        res = run(cap)
-        if res.p99_latency_s > bound:
-            lo, hi, res = 0.0, cap, None
+        res = passing(cap)
+        if res is None:
+            lo, hi = 0.0, cap
             for _ in range(search_steps):
                 mid = (lo + hi) / 2
-                r = run(mid)
-                if r.p99_latency_s <= bound:
+                r = passing(mid)
+                if r is not None:
                     lo, res = mid, r
                 else:
                     hi = mid
@@ -286,7 +323,9 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     of the sample set, at least OFFLINE_BATCHES_PER_LANE batches (``requests`` given: that many
     requests over the whole system), and reports the steady-state throughput (before the drain
     tail, which MLPerf's >= 10-minute runs amortise); each probe of the Server search serves one
-    replica's SERVER_MIN_DURATION_S of arrivals (``requests`` given: that many over the system).
+    replica's SERVER_MIN_DURATION_S of arrivals (``requests`` given: that many over the system),
+    and a load passes when SERVER_RUNS runs of it (arrival seeds ``seed``, ``seed + 1``, ...) all
+    meet the bounds; the median run is reported.
     With ``qps`` given (Server/Interactive), run 20,000 requests at that load instead of searching
     (e.g. to predict the latencies a submission measured at its load), with percentiles past
     warm-up."""
@@ -319,12 +358,12 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         return plan_serving(info["model"], sysspec, tp=kw["tp"], pp=kw["pp"], dtype=kw["dtype"],
                             kv_dtype=kw["kv_dtype"], stack=kw["stack"], kv_memory_fraction=kw["kv_memory_fraction"])
 
-    def run(rate: float | None) -> ServingReport:
+    def run(rate: float | None, seed: int = seed) -> ServingReport:
         if rate is None and requests is None:
             return run_offline()
         return serve_llm(info["model"], sysspec, qps=rate, requests=n_offline if rate is None else n_server,
                          slo=slo if scenario != "Offline" else None, warmup_fraction=0.0 if rate is None else 0.5,
-                         **kw)
+                         **{**kw, "seed": seed})
 
     def run_offline() -> ServingReport:
         """MLPerf's Offline run lasts >= 10 minutes, repeating the sample set, so every replica
@@ -339,7 +378,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         return _one_replica_scaled(rep, p, sysspec.name, f"Offline: one of the {p.dp} data-parallel replicas "
                                                          f"simulated ({n:,} requests)")
 
-    def probe(rate: float) -> ServingReport:
+    def probe(rate: float, seed: int = seed) -> ServingReport:
         """A Server probe of the QPS search: one data-parallel replica (requests go round-robin,
         so it takes every dp-th arrival of the Poisson stream at ``rate``) for SERVER_MIN_DURATION_S
         of its arrivals, within SERVER_PROBE_REQUESTS; rates scaled by the replicas."""
@@ -366,6 +405,12 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
             return rep.completed == rep.requests and (rep.e2e_s.p99 or 0) <= bounds["e2e_p99_s"]
         return bool(rep.meets_slo)
 
+    def slack(rep: ServingReport) -> float:
+        """The run's tightest p99 over its bound (ranks the runs of a probe)."""
+        pairs = [(rep.e2e_s.p99, bounds.get("e2e_p99_s")), (rep.ttft_s.p99, bounds.get("ttft_p99_s")),
+                 (rep.tpot_s.p99, bounds.get("tpot_p99_s"))]
+        return max((v or 0.0) / b for v, b in pairs if b)
+
     if scenario == "Offline":
         rep = run(None)
     elif qps is not None:
@@ -373,14 +418,15 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     else:
         # a server cannot sustain more than the Offline throughput (measured over the benchmark's
         # whole sample set); short Server probes would otherwise pass overloads whose queue has
-        # not yet grown past the bounds
+        # not yet grown past the bounds. A load is accepted when SERVER_RUNS runs all meet the
+        # bounds; the median run is reported (reliable_run).
         cap = offline_rates(run(None))[1]
         lo, hi, best = 0.0, cap, None
         probe_run = run if requests is not None else probe  # an explicit request count is honoured
         for _ in range(search_steps):
             mid = (lo + hi) / 2 if best is not None or lo > 0 else 0.5 * cap
-            rep = probe_run(mid)
-            if ok(rep):
+            rep = reliable_run(lambda s, q=mid: probe_run(q, s), ok, slack, seed)
+            if rep is not None:
                 lo, best = mid, rep
             else:
                 hi = mid
