@@ -14,8 +14,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mtiasim.serving.cost import LLMStepCost, check_expert_parallel
-from mtiasim.serving.llm import RequestRecord, SchedulerConfig, route_round_robin, run_replica
-from mtiasim.serving.traffic import DATASET_OF, Request, generate
+from mtiasim.serving.llm import (
+    RequestRecord,
+    SchedulerConfig,
+    route_batches_round_robin,
+    route_round_robin,
+    run_replica,
+)
+from mtiasim.serving.traffic import DATASET_OF, Request, generate, harness_batches
 from mtiasim.system.plan import LLMPlan, plan_llm, serving_calibration
 from mtiasim.system.spec import SystemSpec
 
@@ -158,11 +164,15 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
               dtype: str | None = None,
               slo: SLO | None = None, request_list: list[Request] | None = None,
               kv_dtype: str | None = None, ep: int = 1, warmup_fraction: float = 0.0,
-              stack: str | None = None, kv_memory_fraction: float | None = None) -> ServingReport:
+              stack: str | None = None, kv_memory_fraction: float | None = None,
+              harness_batcher: tuple[int, float] | None = None) -> ServingReport:
     """Serve ``model`` on ``system``: plan the layout (tp x pp [x ep] per replica, the rest data
     parallel), generate or take the requests, run continuous batching on every replica. Latency
     percentiles skip the requests that arrive in the first ``warmup_fraction`` of the arrival
-    window (a loaded system takes a while to build its steady-state batch)."""
+    window (a loaded system takes a while to build its steady-state batch). Requests go to the
+    replicas round-robin, or, with ``harness_batcher`` = (batch, timeout_s), in the batches a
+    harness-side batcher forms (traffic.harness_batches), each batch to the next replica; latencies
+    then count from the issue time, so they include the wait in the batcher."""
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     t0 = time.perf_counter()
@@ -179,7 +189,9 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     # a pp-stage pipeline keeps pp micro-batches in flight: pp independent batches, each with a
     # pp-th of the replica's KV cache and the full (all-stage) step latency
     lanes = plan.dp * plan.pp
-    for part in route_round_robin(reqs, lanes):
+    parts = (route_round_robin(reqs, lanes) if harness_batcher is None
+             else route_batches_round_robin(harness_batches(reqs, *harness_batcher), lanes))
+    for part in parts:
         if not part:
             continue
         recs, stats, finish = run_replica(part, cost, plan.kv_capacity_tokens // plan.pp, sched)
@@ -190,10 +202,10 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
         preempt += stats.preemptions
         end = max(end, finish)
     done = [r for r in records if r.finish_s is not None]
-    start = min(r.request.arrival_s for r in records)
+    start = min(r.request.start_s for r in records)
     duration = max(end - start, 1e-12)
-    last = max(r.request.arrival_s for r in records)
-    steady = [r for r in done if r.request.arrival_s >= start + warmup_fraction * (last - start)] or done
+    last = max(r.request.start_s for r in records)
+    steady = [r for r in done if r.request.start_s >= start + warmup_fraction * (last - start)] or done
     ttft = [r.ttft_s for r in steady if r.ttft_s is not None]
     tpot = [r.tpot_s for r in steady if r.tpot_s is not None]
     rep = ServingReport(

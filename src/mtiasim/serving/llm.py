@@ -78,7 +78,7 @@ class RequestRecord:
 
     @property
     def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.request.arrival_s
+        return None if self.first_token_s is None else self.first_token_s - self.request.start_s
 
     @property
     def tpot_s(self) -> float | None:
@@ -89,7 +89,7 @@ class RequestRecord:
 
     @property
     def e2e_s(self) -> float | None:
-        return None if self.finish_s is None else self.finish_s - self.request.arrival_s
+        return None if self.finish_s is None else self.finish_s - self.request.start_s
 
 
 @dataclass
@@ -258,6 +258,14 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                     if b.rec.finish_s is not None:  # not a preempted one, which is queued again
                         b.rec.finish_s = now
     return records, stats, now
+
+
+def route_batches_round_robin(batches: list[list[Request]], replicas: int) -> list[list[Request]]:
+    """Whole batches (a harness batcher's, harness_batches) to ``replicas`` engines in turn."""
+    out: list[list[Request]] = [[] for _ in range(replicas)]
+    for k, b in enumerate(batches):
+        out[k % replicas].extend(b)
+    return out
 
 
 def route_round_robin(requests: list[Request], replicas: int) -> list[list[Request]]:

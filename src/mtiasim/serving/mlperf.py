@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from mtiasim.serving import SLO, Percentiles, ServingReport, default_scheduler, plan_serving, serve_llm
-from mtiasim.serving.llm import route_round_robin
-from mtiasim.serving.traffic import generate
+from mtiasim.serving.llm import route_batches_round_robin, route_round_robin
+from mtiasim.serving.traffic import generate, harness_batches
 from mtiasim.system.spec import SystemSpec
 
 SCENARIOS = ("Offline", "Server", "Interactive")
@@ -350,6 +350,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     kw = dict(seed=seed, dataset=info["dataset"], scheduler=sched, tp=dep.get("tp"), pp=dep.get("pp"),
               dtype=dep.get("dtype"), kv_dtype=dep.get("kv_dtype"), stack=dep.get("stack"),
               kv_memory_fraction=dep.get("kv_memory_fraction"))
+    # a harness-side batcher in front of the engines (Server / Interactive): queries leave it in
+    # batches, each batch to the next replica
+    hb = dep.get("harness_batcher") if scenario != "Offline" else None
+    batcher = (int(hb["batch"]), float(hb["timeout_s"])) if hb else None
     if sysspec.count % ((dep.get("tp") or 1) * (dep.get("pp") or 1)):
         kw["tp"] = kw["pp"] = None  # the submitters' layout does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
@@ -365,7 +369,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
             return run_offline()
         return serve_llm(info["model"], sysspec, qps=rate, requests=n_offline if rate is None else n_server,
                          slo=slo if scenario != "Offline" else None, warmup_fraction=0.0 if rate is None else 0.5,
-                         **{**kw, "seed": seed})
+                         harness_batcher=None if rate is None else batcher, **{**kw, "seed": seed})
 
     def run_offline() -> ServingReport:
         """MLPerf's Offline run lasts >= 10 minutes, repeating the sample set, so every replica
@@ -382,12 +386,15 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
 
     def probe(rate: float, seed: int = seed) -> ServingReport:
         """A Server probe of the QPS search: one data-parallel replica (requests go round-robin,
-        so it takes every dp-th arrival of the Poisson stream at ``rate``) for SERVER_MIN_DURATION_S
-        of its arrivals, within SERVER_PROBE_REQUESTS; rates scaled by the replicas."""
+        so it takes every dp-th arrival of the Poisson stream at ``rate``, or every dp-th batch of
+        the deployment's ``harness_batcher``) for SERVER_MIN_DURATION_S of its arrivals, within
+        SERVER_PROBE_REQUESTS; rates scaled by the replicas."""
         p = plan()
         lo_n, hi_n = SERVER_PROBE_REQUESTS
         n = int(min(max(rate / p.dp * SERVER_MIN_DURATION_S, lo_n), hi_n))
-        mine = route_round_robin(generate(n * p.dp, rate, dataset=info["dataset"], seed=seed), p.dp)[0]
+        stream = generate(n * p.dp, rate, dataset=info["dataset"], seed=seed)
+        mine = (route_round_robin(stream, p.dp) if batcher is None
+                else route_batches_round_robin(harness_batches(stream, *batcher), p.dp))[0]
         one = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep})
         rep = serve_llm(info["model"], one, qps=rate / p.dp, request_list=mine, slo=slo, warmup_fraction=0.5,
                         **{**kw, "tp": p.tp, "pp": p.pp})

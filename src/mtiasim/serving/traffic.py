@@ -14,9 +14,17 @@ import yaml
 @dataclass(frozen=True)
 class Request:
     id: int
-    arrival_s: float
+    arrival_s: float  # when the engine receives it
     prompt_tokens: int
     output_tokens: int
+    #: when the client (MLPerf's LoadGen) issued it, where a harness held it before the engine got
+    #: it (harness_batches); None: at arrival_s. Latencies count from here.
+    issued_s: float | None = None
+
+    @property
+    def start_s(self) -> float:
+        """When the request's latency clock starts: its issue time, else its arrival."""
+        return self.arrival_s if self.issued_s is None else self.issued_s
 
 
 @lru_cache(maxsize=1)
@@ -61,6 +69,38 @@ def generate(n: int, qps: float | None, *, dataset: str = "openorca", seed: int 
     pin = np.full(n, prompt_tokens) if prompt_tokens else _lengths(ds["input"], n, rng)
     pout = np.full(n, output_tokens) if output_tokens else _lengths(ds["output"], n, rng)
     return [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(arrivals, pin, pout))]
+
+
+def harness_batches(requests: list[Request], batch: int, timeout_s: float) -> list[list[Request]]:
+    """The batches a harness-side batcher in front of the engines forms (AMD's MLPerf vLLM
+    harness with ``--enable-batcher``: one queue for LoadGen's queries, from which a batch of at
+    most ``batch`` queries leaves for one engine when ``batch`` wait, or when ``timeout_s`` has
+    passed since the last batch left and some wait). A request reaches its engine when its batch
+    leaves (``arrival_s``); its issue time is kept in ``issued_s``. The harness checks its queue at
+    each arrival and at its timeout, so a batch due by time leaves at the timeout itself here (at
+    most one inter-arrival time early)."""
+    if batch < 1 or timeout_s < 0:
+        raise ValueError(f"harness batcher: need batch >= 1 and timeout_s >= 0, got {batch}, {timeout_s}")
+    out: list[list[Request]] = []
+    waiting: list[Request] = []
+    last = None  # when the last batch left (the batcher's timer)
+
+    def leave(t: float) -> None:
+        nonlocal waiting, last
+        out.append([Request(r.id, t, r.prompt_tokens, r.output_tokens, r.start_s) for r in waiting[:batch]])
+        waiting, last = waiting[batch:], t
+
+    for r in sorted(requests, key=lambda r: (r.arrival_s, r.id)):
+        if last is None:
+            last = r.arrival_s
+        while waiting and last + timeout_s <= r.arrival_s:
+            leave(last + timeout_s)
+        waiting.append(r)
+        if len(waiting) >= batch or r.arrival_s - last >= timeout_s:
+            leave(r.arrival_s)
+    while waiting:
+        leave(last + timeout_s)
+    return out
 
 
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
