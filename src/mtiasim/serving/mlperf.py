@@ -55,8 +55,17 @@ SERVER_PROBE_BATCHES = 100_000
 #: each other) report p99 TTFTs from 421 to 1,908 ms, and the model's runs at one load spread as
 #: widely (BENCHMARKS.md, session 26). A load that passes once by luck is not a result a submitter
 #: can publish: it has to pass again in the tuning reruns that choose the target QPS and whenever
-#: the result is rerun in review. Three runs is the fewest whose median is apart from the extremes.
+#: the result is rerun in review. Requiring all N runs to pass accepts loads whose single-run pass
+#: probability p has p**N >= ~1/2: p >= 0.79 for N = 3. Three is the fewest runs whose median is
+#: apart from the extremes. Five (p >= 0.87) read the Mixtral rows better but broke llama3.1-405b:
+#: its 1,000-request probes put the p99 TTFT near the 6 s bound at any load (the longest prompts'
+#: prefill), one of five seeds always missed it and no load passed (BENCHMARKS.md, session 26).
 SERVER_RUNS = 3
+#: a run whose tightest p99 is at most this fraction of its bound accepts its load alone, sparing
+#: the search the other runs (speed only: every probe logged in session 26 at such a load had all
+#: its runs within +-25% of each other); the reported result is still the median of SERVER_RUNS
+#: runs, completed at the accepted load when needed
+SURE_PASS_SLACK = 0.5
 #: the same for the batched benchmarks (dlrm-v2, bert, resnet50): one run. Three were tried
 #: (session 26) and moved their p99s away from the logs: at its knee the model's batcher is
 #: critically loaded, and a run either keeps a short queue throughout or, after one excursion,
@@ -68,16 +77,19 @@ BATCHED_SERVER_RUNS = 1
 
 
 def reliable_run(run_at: Callable[[int], Any], ok: Callable[[Any], bool], slack: Callable[[Any], float],
-                 seed: int, runs: int = SERVER_RUNS) -> Any | None:
+                 seed: int, runs: int = SERVER_RUNS, sure_slack: float | None = None) -> Any | None:
     """A Server probe repeated over ``runs`` independent arrival streams (seeds ``seed``,
     ``seed + 1``, ...): None as soon as one run misses a bound (the rest are not run), else the
-    median run by ``slack`` (its p99 latency over the bound, the tightest metric's)."""
+    median run by ``slack`` (its p99 latency over the bound, the tightest metric's). With
+    ``sure_slack``, a first run whose slack is at most that is returned alone."""
     done = []
     for k in range(runs):
         r = run_at(seed + k)
         if not ok(r):
             return None
         done.append(r)
+        if k == 0 and sure_slack is not None and slack(r) <= sure_slack:
+            break
     return sorted(done, key=slack)[len(done) // 2]
 
 
@@ -428,17 +440,20 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         # a server cannot sustain more than the Offline throughput (measured over the benchmark's
         # whole sample set); short Server probes would otherwise pass overloads whose queue has
         # not yet grown past the bounds. A load is accepted when SERVER_RUNS runs all meet the
-        # bounds; the median run is reported (reliable_run).
+        # bounds (or one run meets them by a wide margin, SURE_PASS_SLACK); the median of
+        # SERVER_RUNS runs is reported (reliable_run).
         cap = offline_rates(run(None))[1]
         lo, hi, best = 0.0, cap, None
         probe_run = run if requests is not None else probe  # an explicit request count is honoured
         for _ in range(search_steps):
-            mid = (lo + hi) / 2 if best is not None or lo > 0 else 0.5 * cap
-            rep = reliable_run(lambda s, q=mid: probe_run(q, s), ok, slack, seed)
+            mid = (lo + hi) / 2  # (until session 26, a first load that failed was probed again at every step)
+            rep = reliable_run(lambda s, q=mid: probe_run(q, s), ok, slack, seed, sure_slack=SURE_PASS_SLACK)
             if rep is not None:
                 lo, best = mid, rep
             else:
                 hi = mid
+        if best is not None and slack(best) <= SURE_PASS_SLACK:  # accepted on one run: report the median
+            best = reliable_run(lambda s: probe_run(lo, s), lambda r: True, slack, seed)
         rep = best or probe_run(max(lo, 0.01 * cap))
     tok, samples = offline_rates(rep) if rep.qps is None else (rep.output_tokens_per_s, rep.requests_per_s)
     if rep.qps is not None and rep.completed:
