@@ -282,7 +282,7 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
                              max_batches=None if queries else SERVER_PROBE_BATCHES, seed=seed)
 
     def passing(rate: float):
-        """The median of SERVER_RUNS runs at ``rate`` when every one meets the bound, else None."""
+        """The median of BATCHED_SERVER_RUNS runs at ``rate`` when every one meets the bound, else None."""
         return reliable_run(lambda s: run(rate, s), lambda r: r.p99_latency_s <= bound,
                             lambda r: r.p99_latency_s / bound, seed, runs=BATCHED_SERVER_RUNS)
 
