@@ -58,8 +58,10 @@ SERVER_PROBE_BATCHES = 100_000
 #: the result is rerun in review. Requiring all N runs to pass accepts loads whose single-run pass
 #: probability p has p**N >= ~1/2: p >= 0.79 for N = 3. Three is the fewest runs whose median is
 #: apart from the extremes. Five (p >= 0.87) read the Mixtral rows better but broke llama3.1-405b:
-#: its 1,000-request probes put the p99 TTFT near the 6 s bound at any load (the longest prompts'
-#: prefill), one of five seeds always missed it and no load passed (BENCHMARKS.md, session 26).
+#: its 1,000-request probes put the p99 TTFT near the 6 s bound (the longest prompts' prefill), the
+#: fourth seed missed it at half the Offline rate, and the search (then still re-probing a failing
+#: first load) ended at its 1% fallback; five runs with plain bisection were not re-measured
+#: (BENCHMARKS.md, session 26).
 SERVER_RUNS = 3
 #: a run whose tightest p99 is at most this fraction of its bound accepts its load alone, sparing
 #: the search the other runs (speed only: every probe logged in session 26 at such a load had all
