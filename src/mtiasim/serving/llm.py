@@ -96,6 +96,7 @@ class RequestRecord:
 class _Seq:
     rec: RequestRecord
     prefill_target: int  # tokens to (re)compute before decoding
+    prompt: int = 0  # the request's prompt tokens (kept here: read for every sequence at every step)
     done: int = 0  # prefilled tokens
     generated: int = 0
     blocks: int = 0
@@ -103,7 +104,7 @@ class _Seq:
 
     @property
     def context(self) -> int:
-        return self.rec.request.prompt_tokens + self.generated
+        return self.prompt + self.generated
 
 
 @dataclass
@@ -142,7 +143,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
 
     while i < n or waiting or running:
         while i < n and reqs[i].arrival_s <= now:
-            waiting.append(_Seq(records[i], reqs[i].prompt_tokens))
+            waiting.append(_Seq(records[i], reqs[i].prompt_tokens, reqs[i].prompt_tokens))
             i += 1
         if not waiting and not running:
             now = reqs[i].arrival_s
@@ -174,9 +175,13 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 batch_prompt = max(batch_prompt, s.rec.request.prompt_tokens)
         # decoding sequences need a block for the token they are about to write (every beam)
         decode = [s for s in running if s.done >= s.prefill_target]
+        bt = cfg.block_tokens
+        preempted = False
         for s in decode:
             if not s.active:
                 continue
+            if cfg.beams == 1 and s.prompt + s.generated + 1 <= s.blocks * bt:
+                continue  # the block the next token goes to is already held (need <= 0 below)
             need = (_blocks(s.context + 1, cfg.block_tokens)
                     + (cfg.beams - 1) * _blocks(s.generated + 1, cfg.block_tokens) - s.blocks)
             while need > free and s.active:
@@ -187,10 +192,12 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 victim.rec.preemptions += 1
                 stats.preemptions += 1
                 waiting.appendleft(victim)
+                preempted = True
             if s.active and need > 0:
                 free -= need
                 s.blocks += need
-        decode = [s for s in running if s.done >= s.prefill_target]
+        if preempted:  # the victims leave the decode batch
+            decode = [s for s in running if s.done >= s.prefill_target]
         # prefill-first steps hold whole prompts only: the decodes' tokens do not take the budget
         budget = cfg.max_num_batched_tokens - (len(decode) if cfg.mixed_steps else 0)
         whole = not (cfg.chunked_prefill and cfg.mixed_steps)
@@ -226,8 +233,11 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             shape = StepShape(tuple((t, s.done) for s, t in chunks), rows * width, rows)
             batch_steps += 1
         else:
-            kv_read = sum(s.context + (cfg.beams - 1) * s.generated for s in decode)
-            repeats = (cfg.beams - 1) * sum(s.rec.request.prompt_tokens for s in decode)
+            if cfg.beams == 1:
+                kv_read, repeats = sum(s.prompt + s.generated for s in decode), 0
+            else:
+                kv_read = sum(s.context + (cfg.beams - 1) * s.generated for s in decode)
+                repeats = (cfg.beams - 1) * sum(s.prompt for s in decode)
             shape = StepShape(tuple((t, s.done) for s, t in chunks), kv_read, cfg.beams * len(decode), repeats)
         dt = cost.step_s(shape)
         now += dt
