@@ -2,9 +2,7 @@
 bounds, and reports the median run (serving/mlperf.py reliable_run)."""
 
 from mtiasim.serving.mlperf import (
-    BATCHED_SERVER_RUNS,
     SERVER_RUNS,
-    SURE_PASS_SLACK,
     predict_llm,
     reliable_run,
 )
@@ -31,14 +29,13 @@ def test_reliable_run_stops_at_the_first_miss_and_returns_the_median_run():
     # a first run far inside its bounds (slack 0.5 <= sure_slack) accepts the load alone
     assert reliable_run(run_at, ok, lambda r: r, seed=10, runs=3, sure_slack=0.5) == 0.5
     assert calls == [10]
-    assert SERVER_RUNS == 3 and BATCHED_SERVER_RUNS == 1 and SURE_PASS_SLACK == 0.5
 
 
 def test_the_accepted_llm_load_passes_in_every_run_and_reports_the_median():
     """llama3.1-8b on one H100, 400-request runs (the search honours an explicit request count):
-    rerunning the accepted load with seeds 0-2 gives SERVER_RUNS runs that each meet the
+    rerunning the accepted load with seeds 0 .. SERVER_RUNS - 1 gives SERVER_RUNS runs that each meet the
     mlperf.conf bounds (2 s TTFT, 100 ms TPOT), and the search's reported p99s are the run whose
-    tightest p99 / bound is the middle one of the three."""
+    tightest p99 / bound is the middle one."""
     kw = dict(requests=400)
     p = predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", search_steps=6, **kw)
     runs = [predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", qps=p.qps, seed=s, **kw)
@@ -49,6 +46,7 @@ def test_the_accepted_llm_load_passes_in_every_run_and_reports_the_median():
     def slack(r):
         return max(r.p99_ttft_s / 2.0, r.p99_tpot_s / 0.1)
 
+    assert SERVER_RUNS % 2 == 1  # an odd count: the median is one of the runs
     median = sorted(runs, key=slack)[SERVER_RUNS // 2]
     assert (p.p99_ttft_s, p.p99_tpot_s) == (median.p99_ttft_s, median.p99_tpot_s)
 
