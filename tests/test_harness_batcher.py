@@ -55,3 +55,28 @@ def test_amds_v41_server_deployment_has_the_batcher_and_offline_ignores_it():
     # other rounds and NVIDIA's deployments have none
     assert "harness_batcher" not in deployment("llama2-70b", "mi300x", mlperf_round="v5.1")
     assert "harness_batcher" not in deployment("llama2-70b", "h100-sxm-80gb", mlperf_round="v4.1")
+
+
+def test_amds_v41_server_runs_its_harness_engine_limits_and_offline_keeps_its_own(monkeypatch):
+    """The v4.1 Server harness's --max-num-seqs / --max-num-batched-tokens defaults (1024 / 49152)
+    size the Server engines; Offline keeps the deployment's 1792 / 40960. The scheduler each
+    scenario hands the serving run is captured from a stand-in serve_llm."""
+    import mtiasim.serving.mlperf as m
+
+    dep = deployment("llama2-70b", "mi300x", mlperf_round="v4.1", scenario="Server")
+    assert (dep["server_max_num_seqs"], dep["server_max_num_batched_tokens"]) == (1024, 49152)
+    assert "--max-num-batched-tokens default 49152" in dep["source"]
+    seen = []
+
+    class Captured(Exception):
+        pass
+
+    def fake_serve(*args, scheduler, **kw):
+        seen.append((scheduler.max_num_seqs, scheduler.max_num_batched_tokens))
+        raise Captured
+
+    monkeypatch.setattr(m, "serve_llm", fake_serve)
+    for scenario, kw in (("Server", {"qps": 10.0}), ("Offline", {})):
+        with pytest.raises(Captured):
+            m.predict_llm("llama2-70b", "mi300x:8", scenario, mlperf_round="v4.1", **kw)
+    assert seen == [(1024, 49152), (1792, 40960)]

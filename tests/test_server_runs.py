@@ -74,3 +74,13 @@ def test_a_search_whose_first_load_fails_bisects_below_it(monkeypatch):
     monkeypatch.setattr(m, "serve_llm", fake_serve)
     p = m.predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", requests=400)
     assert 3.0 - 10.0 / 512 <= p.qps <= 3.0 and p.meets_bounds
+    assert not any("no load" in n for n in p.report.notes)
+
+    # nothing passes (p99 TTFT 5 s at every load, bound 2 s): the result is the 1% fallback, and
+    # its note names the lowest load probed (10 / 512 after nine halvings) and the bound missed
+    monkeypatch.setattr(m, "serve_llm", lambda *a, qps, **kw: fake_serve(*a, qps=qps if qps is None else 99.0,
+                                                                         **kw).model_copy(update={"qps": qps}))
+    p = m.predict_llm("llama3.1-8b", "h100-sxm-80gb:1", "Server", requests=400)
+    assert p.qps == 0.1 and p.meets_bounds is False
+    note = p.report.notes[-1]
+    assert "no load down to 0.0195 queries/s" in note and "TTFT p99 5 s > bound 2 s" in note

@@ -333,6 +333,20 @@ def _host_copy_s_per_item(dep: dict[str, Any], system: SystemSpec, shards: int) 
     return nbytes / (link * serving_calibration()["host_copy_efficiency"].value * shards)
 
 
+def _no_load_passed(rep: ServingReport, lowest_failed_qps: float, cap_qps: float, bounds: dict) -> ServingReport:
+    """The run a Server search reports when no load it probed met the bounds in every run: at 1%
+    of the Offline rate, with a note naming the lowest load probed and the p99s over their bounds."""
+    p99 = {"ttft_p99_s": rep.ttft_s.p99, "tpot_p99_s": rep.tpot_s.p99, "e2e_p99_s": rep.e2e_s.p99}
+    missed = [f"{k.removesuffix('_p99_s').upper()} p99 {p99[k]:.3g} s > bound {b:.3g} s"
+              for k, b in bounds.items() if k in p99 and p99[k] is not None and p99[k] > b]
+    if rep.completed < rep.requests:
+        missed.append(f"{rep.requests - rep.completed} of {rep.requests} requests not completed")
+    note = (f"no load down to {lowest_failed_qps:.3g} queries/s met the bounds in all {SERVER_RUNS} runs; "
+            f"reported at 1% of the Offline rate ({rep.qps:.3g} of {cap_qps:.3g} queries/s), where "
+            + ("; ".join(missed) if missed else "this run meets them"))
+    return rep.model_copy(update={"notes": [*rep.notes, note]})
+
+
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
                 seed: int = 0, qps: float | None = None, search_steps: int = 9,
                 mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
@@ -353,8 +367,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     dep = deployment(info["benchmark"], sysspec.chip, mlperf_round=mlperf_round, maxq=maxq, scenario=scenario)
     sysspec = _capped(sysspec, dep)
     seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
+    step_tokens = dep.get("server_max_num_batched_tokens") if scenario != "Offline" else None
     sched = default_scheduler(max_num_seqs=seqs or dep.get("max_num_seqs"),
-                              max_num_batched_tokens=dep.get("max_num_batched_tokens"), beams=int(info.get("beams", 1)),
+                              max_num_batched_tokens=step_tokens or dep.get("max_num_batched_tokens"),
+                              beams=int(info.get("beams", 1)),
                               batching=dep.get("batching"), sort_prompts=dep.get("sort_prompts"),
                               mixed_steps=dep.get("mixed_steps"))
     n_offline = requests or int(info["samples"])
@@ -457,7 +473,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                 hi = mid
         if best is not None and slack(best) <= SURE_PASS_SLACK:  # accepted on one run: report the median
             best = reliable_run(lambda s: probe_run(lo, s), lambda r: True, slack, seed)
-        rep = best or probe_run(max(lo, 0.01 * cap))
+        rep = best or _no_load_passed(probe_run(0.01 * cap), hi, cap, bounds)
     tok, samples = offline_rates(rep) if rep.qps is None else (rep.output_tokens_per_s, rep.requests_per_s)
     if rep.qps is not None and rep.completed:
         # A Server run lasts >= 10 minutes, so its completed rate equals the offered rate when the
