@@ -28,7 +28,7 @@ def main(benchmarks: list[str]) -> None:
     data = server_latency_logs()
     for bench in benchmarks or list(data):
         m = data[bench]
-        p = predict(bench, m["system"], "Server", mlperf_round=m["round"])
+        p = predict(m.get("benchmark", bench), m["system"], "Server", mlperf_round=m["round"])
         print(f"{bench} on {m['system']} ({m['round']}): samples/s measured {m['completed_samples_per_s']:,.1f}, "
               f"model {p.samples_per_s:,.1f} ({p.samples_per_s / m['completed_samples_per_s'] - 1:+.1%})")
         print(f"  {'(ms)':34s}{'mean':>11s}{'p50':>11s}{'p90':>11s}{'p99':>11s}")

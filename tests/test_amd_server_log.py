@@ -1,0 +1,77 @@
+"""llama2-70b on AMD's 8 x MI300X as AMD ran it in MLPerf v4.1 (vLLM 0.4.3, one engine per GPU,
+harness batcher, prefill-first scheduler), checked against that run's own LoadGen log
+(``data/calibration/measured/mlperf_logs/server_latency.yaml``, key ``llama2-70b-99-mi300x``).
+
+The log's whole TPOT distribution is narrow (mean 143 ms, p50 144, p99 198): AMD's p99 TPOT
+near the 200 ms bound is a steady state of ~380 sequences decoding at once per GPU, not a tail of
+a few requests. At the same load the model decodes ~3x faster (mean TPOT ~52 ms); that gap is
+recorded below as a strict expected failure, so the test reports when a change closes it."""
+
+import pytest
+
+from mtiasim.serving import plan_serving
+from mtiasim.serving.mlperf import deployment, predict_llm
+from mtiasim.serving.traffic import datasets
+from mtiasim.system.spec import SystemSpec
+from mtiasim.validate import server_latency_logs
+
+
+def _log() -> dict:
+    return server_latency_logs()["llama2-70b-99-mi300x"]
+
+
+@pytest.fixture(scope="module")
+def at_amds_load():
+    """The model at the arrival rate LoadGen scheduled in AMD's run (73.66 queries/s over 8 GPUs)."""
+    log = _log()
+    return predict_llm(log["benchmark"], log["system"], "Server", mlperf_round=log["round"],
+                       qps=log["scheduled_samples_per_s"], requests=12_000)
+
+
+def test_amd_log_agrees_with_the_published_output_length():
+    # 21,028.23 tokens/s over 71.74 completed queries/s = 293.1 tokens per query: the reference's
+    # published mean output (294.45, datasets.yaml) to within 0.5%, so the log's rates and the
+    # dataset the model draws from describe the same work.
+    log = _log()
+    per_query = log["completed_tokens_per_s"] / log["completed_samples_per_s"]
+    assert per_query == pytest.approx(datasets()["openorca"]["output"]["mean"], rel=0.005)
+
+
+def test_amd_run_held_its_backlog_within_the_engine_limits():
+    # Little's law on the log: 71.74 / 8 = 8.97 queries/s per GPU, each in the system 42.84 s on
+    # average, so ~384 requests per engine at once. That is under the engine's 1,024-sequence limit
+    # (the Server harness main's --max-num-seqs default, deployments.yaml) and their KV (prompt,
+    # mean 400 tokens, plus on average at least half the output, 147) fills a third of the FP8 KV
+    # cache one MI300X holds beside the FP8 weights: the run was limited by neither, so its TPOT is
+    # step time, not preemption or admission stalls.
+    log = _log()
+    gpus = SystemSpec.parse(log["system"]).count
+    in_flight = log["completed_samples_per_s"] / gpus * log["latency_ms"]["mean"] / 1e3
+    assert in_flight == pytest.approx(384, abs=1)
+    dep = deployment("llama2-70b", "mi300x", mlperf_round="v4.1", scenario="Server")
+    assert in_flight < dep["server_max_num_seqs"] == 1024
+    lengths = datasets()["openorca"]
+    held = in_flight * (lengths["input"]["mean"] + lengths["output"]["mean"] / 2)
+    cap = plan_serving("llama2-70b", SystemSpec.parse("mi300x:1"), tp=1, pp=1, dtype="fp8", kv_dtype="fp8",
+                       stack="vllm").kv_capacity_tokens
+    assert held < cap / 2
+    # and it ran at its capacity: LoadGen scheduled 73.66 queries/s, 71.74 completed
+    assert log["completed_samples_per_s"] / log["scheduled_samples_per_s"] == pytest.approx(0.974, abs=0.001)
+
+
+def test_model_keeps_up_with_amds_load_at_its_throughput_and_ttft(at_amds_load):
+    log = _log()
+    p, r = at_amds_load, at_amds_load.report
+    assert r.completed == r.requests  # the model serves the load: its capacity is above it
+    assert p.tokens_per_s == pytest.approx(log["completed_tokens_per_s"], rel=0.05)
+    # prefill-first steps of whole harness batches: TTFT within 30% at every logged point (the
+    # model reads 1.26 s mean, 2.01 s p99 against 1.01 s and 1.60 s: 25% slow)
+    for stat in ("mean", "p50", "p90", "p99"):
+        assert getattr(r.ttft_s, stat) * 1e3 == pytest.approx(log["ttft_ms"][stat], rel=0.30), stat
+
+
+@pytest.mark.xfail(strict=True, reason="issue #4, open: at AMD's load the model's mean TPOT is ~52 ms "
+                                       "against the logged 143 ms (its decode steps run ~3x more often)")
+def test_model_tpot_at_amds_load_matches_the_log(at_amds_load):
+    log = _log()
+    assert at_amds_load.report.tpot_s.mean * 1e3 == pytest.approx(log["tpot_ms"]["mean"], rel=0.25)
