@@ -123,7 +123,7 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         top: int | None = typer.Option(None, "--top", help="Show only the N slowest kernels."),
         engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
         stack: str | None = typer.Option(None, "--stack", help="gpu engine: software stack "
-                                         "(tensorrt-llm, vllm, tensorrt, tensorrt-graphs, pytorch-eager, pytorch-cuda-graph)."),
+                                         "(tensorrt-llm, vllm, vllm-rocm-0.4, tensorrt, tensorrt-graphs, pytorch-eager, pytorch-cuda-graph)."),
         fuse_region: list[str] | None = typer.Option(None, "--fuse-region", help=(
             "Hand-fuse the ops of these module paths (comma-separated) into one kernel, its intermediates "
             "on chip; repeatable, e.g. --fuse-region features.4,features.5,features.6 (ResNet-50's res2, "
@@ -216,7 +216,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache precision (default: activations')."),
           beams: int = typer.Option(1, "--beams", min=1, help="Beam-search width (MLPerf GPT-J: 4)."),
           stack: str | None = typer.Option(None, "--stack", help="GPUs: software stack whose kernel calibration "
-                                           "times the steps or batches (tensorrt-llm, vllm, tensorrt, tensorrt-graphs, pytorch-eager, pytorch-cuda-graph)."),
+                                           "times the steps or batches (tensorrt-llm, vllm, vllm-rocm-0.4, tensorrt, tensorrt-graphs, pytorch-eager, pytorch-cuda-graph)."),
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),

@@ -3,7 +3,8 @@
 Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
 - a GEMM (any kernel with matrix work except fused attention) streams its operands from HBM at
   ``gemm_dram_efficiency`` of the bandwidth, lower than a plain copy reaches (``dram_efficiency``);
-- compute and memory overlap imperfectly: time = max(c, m) + (1 - overlap) x min(c, m);
+- compute and memory overlap imperfectly: time = max(c, m) + (1 - overlap) x min(c, m) (a stack
+  whose GEMM kernels overlap differently says so: ``compute_memory_overlap``);
 - fused attention runs at its kernel's efficiency (a fraction of the dense peak of its dtype;
   the stack names the kernel: cuDNN, FlashAttention-2) under FlashAttention's work-item schedule;
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
@@ -30,7 +31,7 @@ from importlib import resources
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mtiasim.calibration import CalValue, Fraction
+from mtiasim.calibration import CalValue, Fraction, Share
 from mtiasim.compiler.program import Kernel, Program
 from mtiasim.engines.analytical import AnalyticalEngine, KernelTime
 from mtiasim.graph.ops.base import OPS
@@ -55,6 +56,9 @@ class Stack(BaseModel):
     grouped_gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
     strided_elementwise_efficiency: Fraction | None = None
     embedding_bag: EmbeddingBagKernel | None = None
+    # the stack's own GEMM kernels' overlap of compute and operand streaming, where it differs
+    # from the measured kernels' (``kernel.compute_memory_overlap``); 0: one after the other
+    compute_memory_overlap: Share | None = None
 
 
 class KernelCalibration(BaseModel):
@@ -193,5 +197,6 @@ class GPUEngine(AnalyticalEngine):
             return t
         stall = 0.0
         if k.work.matrix_flops > 0:
-            stall = (1.0 - self.kcal.compute_memory_overlap.value) * min(t.compute_s, t.memory_s)
+            overlap = self.stack.compute_memory_overlap or self.kcal.compute_memory_overlap
+            stall = (1.0 - overlap.value) * min(t.compute_s, t.memory_s)
         return replace(t, overhead_s=self.stack.launch_overhead_s.value, stall_s=stall)
