@@ -3,8 +3,9 @@
 Per kernel, on top of the analytical engine's tile/wave-quantised roofline:
 - a GEMM (any kernel with matrix work except fused attention) streams its operands from HBM at
   ``gemm_dram_efficiency`` of the bandwidth, lower than a plain copy reaches (``dram_efficiency``);
-- compute and memory overlap imperfectly: time = max(c, m) + (1 - overlap) x min(c, m) (a stack
-  whose GEMM kernels overlap differently says so: ``compute_memory_overlap``);
+- compute and memory overlap imperfectly in any kernel with matrix work: time = max(c, m) +
+  (1 - overlap) x min(c, m) (a stack whose kernels overlap differently says so:
+  ``compute_memory_overlap``);
 - fused attention runs at its kernel's efficiency (a fraction of the dense peak of its dtype;
   the stack names the kernel: cuDNN, FlashAttention-2) under FlashAttention's work-item schedule;
 - each kernel pays the stack's launch cost (CUDA-graph replay vs eager PyTorch dispatch);
@@ -56,8 +57,9 @@ class Stack(BaseModel):
     grouped_gemm_efficiency_scale: dict[str, Fraction] = Field(default_factory=dict)
     strided_elementwise_efficiency: Fraction | None = None
     embedding_bag: EmbeddingBagKernel | None = None
-    # the stack's own GEMM kernels' overlap of compute and operand streaming, where it differs
-    # from the measured kernels' (``kernel.compute_memory_overlap``); 0: one after the other
+    # the overlap of compute and operand streaming in the stack's own kernels with matrix work
+    # (GEMMs and attention), where it differs from the measured kernels'
+    # (``kernel.compute_memory_overlap``); 0: one after the other
     compute_memory_overlap: Share | None = None
 
 
@@ -197,6 +199,8 @@ class GPUEngine(AnalyticalEngine):
             return t
         stall = 0.0
         if k.work.matrix_flops > 0:
-            overlap = self.stack.compute_memory_overlap or self.kcal.compute_memory_overlap
+            overlap = self.stack.compute_memory_overlap
+            if overlap is None:
+                overlap = self.kcal.compute_memory_overlap
             stall = (1.0 - overlap.value) * min(t.compute_s, t.memory_s)
         return replace(t, overhead_s=self.stack.launch_overhead_s.value, stall_s=stall)
