@@ -304,6 +304,9 @@ def test_bad_flags_are_named():
     assert r.exit_code == 2 and "--beams applies to LLMs" in r.output
     r = runner.invoke(app, ["serve", "bert-large", "--system", "h100-sxm-80gb:1", "--qps", "10", "--prefill-first"])
     assert r.exit_code == 2 and "--prefill-first applies to LLMs" in r.output
+    r = runner.invoke(app, ["serve", "llama2-7b", "--system", "h100-sxm-80gb:1", "--requests", "4",
+                            "--prefill-first", "--max-prefill-chunk", "256"])
+    assert r.exit_code == 2 and "max_prefill_chunk_tokens" in r.output
     # a GPU software stack on a non-GPU system is refused rather than ignored
     r = runner.invoke(app, ["serve", "llama2-7b", "--system", "mtia-400:1", "--requests", "4", "--stack", "vllm"])
     assert r.exit_code == 2 and "--stack" in r.output and "not a GPU" in r.output
@@ -352,3 +355,14 @@ def test_serve_batched_model_takes_a_gpu_stack_and_rejects_it_off_gpu():
     assert offline("--stack", "tensorrt") < offline()
     r = runner.invoke(app, ["serve", "bert-large", "--system", "mtia-200:1", "--stack", "tensorrt"])
     assert r.exit_code == 2 and "not a GPU" in r.output
+
+
+def test_serve_max_prefill_chunk_spreads_prompts_over_steps():
+    # four 1,000-token prompts at once into 1,024-token steps: uncapped, the steps take them one
+    # after another whole (~1 prompt a step); capped at 256, they are chunked side by side, so every
+    # first token waits until all four prompts are nearly prefilled and the first TTFT grows
+    base = ["serve", "llama2-7b", "--system", "h100-sxm-80gb:1", "--requests", "4", "--input-len", "1000",
+            "--output-len", "4", "--max-tokens", "1024", "--json"]
+    plain = ok_json(*base)
+    capped = ok_json(*base, "--max-prefill-chunk", "256")
+    assert capped["ttft_s"]["p50"] > plain["ttft_s"]["p50"]

@@ -44,6 +44,30 @@ def test_single_request_timeline_by_hand():
     assert cost.shapes[2].decode_contexts_sum == 101  # prompt + first generated token
 
 
+def test_prefill_chunk_cap_spreads_a_prompt_over_steps_and_shares_the_budget():
+    # vLLM's --long-prefill-token-threshold 256 in a 1,024-token step (RedHat's v5.1 llama3.1-8b
+    # Server): a 1,000-token prompt takes at most 256 tokens a step, 4 steps (256 x 3 + 232) to its
+    # first token where the uncapped budget prefills it in one; two prompts arriving together are
+    # chunked side by side (256 + 256 per step), not one after the other
+    one = [Request(0, 0.0, 1000, 2)]
+    capped, plain = ConstantStep(0.01), ConstantStep(0.01)
+    (r,), _, _ = run_replica(one, capped, 10_000, SchedulerConfig(max_num_batched_tokens=1024,
+                                                                  max_prefill_chunk_tokens=256))
+    (u,), _, _ = run_replica(one, plain, 10_000, SchedulerConfig(max_num_batched_tokens=1024))
+    assert [s.tokens for s in capped.shapes] == [256, 256, 256, 232, 1]
+    assert r.ttft_s == pytest.approx(0.04) and u.ttft_s == pytest.approx(0.01)
+    two = ConstantStep(0.01)
+    run_replica([Request(0, 0.0, 600, 1), Request(1, 0.0, 600, 1)], two, 10_000,
+                SchedulerConfig(max_num_batched_tokens=1024, max_prefill_chunk_tokens=256))
+    assert [[t for t, _ in s.prefill] for s in two.shapes] == [[256, 256], [256, 256], [88, 88]]
+    # the cap is one of chunked prefill in mixed steps: with whole-prompt (prefill-first) steps or
+    # chunking off it would mean nothing, and is refused rather than ignored
+    for bad in (dict(max_prefill_chunk_tokens=-1), dict(max_prefill_chunk_tokens=256, mixed_steps=False),
+                dict(max_prefill_chunk_tokens=256, chunked_prefill=False)):
+        with pytest.raises(ValueError, match="max_prefill_chunk_tokens"):
+            SchedulerConfig(**bad)
+
+
 def test_static_batching_waits_for_the_batch_to_finish():
     # three 4-token prompts at t=0 wanting 1, 3 and 2 tokens, 2 sequences per batch, 1 s per step.
     # Continuous batching: step 1 prefills r0 and r1 (r0 done at 1); r2 joins at step 2 (first

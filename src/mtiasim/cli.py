@@ -220,6 +220,9 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           dtype: str | None = typer.Option(None, "--dtype", help="Weight/matrix precision (default: the model's)."),
           max_num_seqs: int | None = typer.Option(None, "--max-batch", min=1, help="Max sequences per step."),
           max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Max tokens per step (chunked prefill)."),
+          max_chunk: int | None = typer.Option(None, "--max-prefill-chunk", min=1,
+                                               help="Max prompt tokens one request prefills per step (vLLM's "
+                                                    "--long-prefill-token-threshold); default: no cap."),
           prefill_first: bool = typer.Option(False, "--prefill-first", help="A step with prompts to prefill runs only "
                                              "them while the decodes wait (vLLM V0's default scheduler); default: "
                                              "prompts and decodes share each step."),
@@ -243,6 +246,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--tp": tp,
                     "--pp": pp, "--trace": trace, "--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99,
                     "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--prefill-first": prefill_first,
+                    "--max-prefill-chunk": max_chunk,
                     "--input-len": prompt_tokens,
                     "--output-len": output_tokens}
         given = [flag for flag, v in llm_only.items() if v]
@@ -258,7 +262,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     try:
         _check_stack(stack, system)
         sched = default_scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, beams=beams,
-                                  mixed_steps=not prefill_first)
+                                  mixed_steps=not prefill_first, max_prefill_chunk_tokens=max_chunk)
         slo = SLO(ttft_p99_s=_duration_s(ttft_p99, "--ttft-p99"), tpot_p99_s=_duration_s(tpot_p99, "--tpot-p99"))
         from mtiasim.serving.traffic import load_trace
 

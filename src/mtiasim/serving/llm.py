@@ -57,11 +57,19 @@ class SchedulerConfig:
     sort_prompts: bool = False  # static batching: each batch takes the longest queued prompts first
     kv_watermark_fraction: float = 0.0  # admission leaves this share of the KV blocks free
     mixed_steps: bool = True  # False: a step with prompts to prefill runs only them (vLLM V0's default)
+    # chunked prefill: at most this many of one prompt's tokens per step (vLLM's
+    # --long-prefill-token-threshold; 0: no cap beyond the step's token budget)
+    max_prefill_chunk_tokens: int = 0
 
     def __post_init__(self) -> None:
         for f in ("max_num_seqs", "max_num_batched_tokens", "block_tokens", "beams"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.max_prefill_chunk_tokens < 0:
+            raise ValueError(f"max_prefill_chunk_tokens must be >= 0 (0: no cap), got {self.max_prefill_chunk_tokens}")
+        if self.max_prefill_chunk_tokens and not (self.chunked_prefill and self.mixed_steps):
+            raise ValueError("max_prefill_chunk_tokens caps the chunks of chunked prefill in mixed steps; it does not "
+                             "apply with chunked_prefill or mixed_steps off (--prefill-first)")
         if not 0.0 <= self.kv_watermark_fraction < 1.0:
             raise ValueError(f"kv_watermark_fraction must be in [0, 1), got {self.kv_watermark_fraction}")
         if self.batching not in ("continuous", "static"):
@@ -202,13 +210,14 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         budget = cfg.max_num_batched_tokens - (len(decode) if cfg.mixed_steps else 0)
         whole = not (cfg.chunked_prefill and cfg.mixed_steps)
         chunks: list[tuple[_Seq, int]] = []
+        cap = cfg.max_prefill_chunk_tokens if not whole and cfg.max_prefill_chunk_tokens else None
         for s in running:
             if s.done >= s.prefill_target or budget <= 0:
                 continue
             left = s.prefill_target - s.done
             if whole and left > budget and (chunks or (decode and cfg.mixed_steps)):
                 break
-            take = left if whole else min(left, budget)
+            take = left if whole else min(left, budget, cap or left)
             chunks.append((s, take))
             budget -= take
         if chunks and not cfg.mixed_steps:

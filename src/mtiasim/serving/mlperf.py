@@ -26,6 +26,10 @@ SCENARIOS = ("Offline", "Server", "Interactive")
 #: steady-state rate is then within ~2% of a 4x longer run's (measured: llama2-70b on one MI300X,
 #: batch 1792, and on H100 TP2, batch 896; 1.7 batches overstated the rate by 15%)
 OFFLINE_BATCHES_PER_LANE = 8
+#: deployment keys a ``server_`` twin overrides in Server / Interactive runs (data/mlperf/deployments.yaml):
+#: submitters tune their engines per scenario (e.g. RedHat's v5.1 llama3.1-8b vLLM: a 1,024-token
+#: step budget, 256-token prompt chunks and a 16-bit KV cache in Server; 4,096 and FP8 in Offline)
+SERVER_OVERRIDES = ("max_num_seqs", "max_num_batched_tokens", "max_prefill_chunk_tokens", "kv_dtype")
 #: an MLPerf Server run lasts at least this long (mlcommons/inference loadgen mlperf.conf:
 #: *.Server.min_duration = 600000 ms); a Server probe of the QPS search lasts as long, so that a
 #: load whose queue grows slowly fails as it would in the real run (3,000-request probes passed
@@ -366,10 +370,11 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     dep = deployment(info["benchmark"], sysspec.chip, mlperf_round=mlperf_round, maxq=maxq, scenario=scenario)
     sysspec = _capped(sysspec, dep)
-    seqs = dep.get("server_max_num_seqs") if scenario != "Offline" else None
-    step_tokens = dep.get("server_max_num_batched_tokens") if scenario != "Offline" else None
-    sched = default_scheduler(max_num_seqs=seqs or dep.get("max_num_seqs"),
-                              max_num_batched_tokens=step_tokens or dep.get("max_num_batched_tokens"),
+    if scenario != "Offline":  # the engine settings a Server / Interactive run uses instead
+        dep = {**dep, **{k: dep[f"server_{k}"] for k in SERVER_OVERRIDES if f"server_{k}" in dep}}
+    sched = default_scheduler(max_num_seqs=dep.get("max_num_seqs"),
+                              max_num_batched_tokens=dep.get("max_num_batched_tokens"),
+                              max_prefill_chunk_tokens=dep.get("max_prefill_chunk_tokens"),
                               beams=int(info.get("beams", 1)),
                               batching=dep.get("batching"), sort_prompts=dep.get("sort_prompts"),
                               mixed_steps=dep.get("mixed_steps"))
