@@ -292,3 +292,39 @@ def test_resnet50_h100_offline_is_within_5_percent_of_the_mlperf_submissions():
     measured = statistics.median(float(r["value"]) / float(r["n_accel"]) for r in rows)
     predicted = predict("resnet50", "h100-sxm-80gb:1", "Offline").samples_per_s
     assert predicted == pytest.approx(measured, rel=0.05)
+
+
+def test_spread_floor_is_the_best_single_value_for_a_configuration():
+    from mtiasim.validate import spread_floor
+
+    # three submitters measured 100, 110 and 200 on one configuration. The summed APE of a single
+    # value c is 0 + 10/110 + 100/200 = 0.59 at c = 100, 10/100 + 0 + 90/200 = 0.55 at 110 and
+    # 1 + 90/110 + 0 = 1.82 at 200; between them it is linear, so 110 is the best any one
+    # prediction can do: row APEs 10%, 0% and 45%
+    best, apes = spread_floor([100.0, 110.0, 200.0])
+    assert best == 110.0 and apes == pytest.approx([10.0, 0.0, 45.0])
+    # no value does better: the floor is a lower bound on any model's summed APE for the group
+    for c in (50.0, 105.0, 109.9, 110.1, 150.0, 300.0):
+        assert sum(abs(c - m) / m * 100 for m in (100.0, 110.0, 200.0)) >= sum(apes)
+    assert spread_floor([42.0]) == (42.0, [0.0])
+    with pytest.raises(ValueError, match="non-zero"):
+        spread_floor([0.0, 1.0])
+
+
+def test_report_carries_the_spread_floor_of_its_rows(tmp_path):
+    # the resnet50 row twice more, measured 1.5x and 2x higher (as if by two other submitters): the
+    # model predicts all three alike. A single value at 1x, 1.5x or 2x sums APEs of 0 + 1/3 + 1/2
+    # = 0.83, 1/2 + 0 + 1/4 = 0.75 or 1 + 1/3 + 0 = 1.33, so the best is the middle one: row floors
+    # 50%, 0% and 25%, whatever the model predicts; a row alone in its configuration has a floor of 0
+    lines = MINI.read_text().splitlines()
+    row = next(ln for ln in lines if ",resnet50," in ln)
+    bert = "t1,Test,sysF,H100-SXM-80GB,1,bert-99,Offline,samples_per_second,9400,samples/s,,,x,test"
+    f = tmp_path / "rows.csv"
+    f.write_text("\n".join([lines[0], row, row.replace("42379.3", "63568.95"), row.replace("42379.3", "84758.6"),
+                            bert]) + "\n")
+    rep = validate(f)
+    floors = [r.floor_ape_pct for r in rep.by_row]
+    assert floors == pytest.approx([50.0, 0.0, 25.0, 0.0])
+    assert rep.by_benchmark["resnet50"].floor_mape_pct == pytest.approx(25.0)
+    assert rep.floor_mape_pct == pytest.approx(75 / 4)
+    assert rep.floor_mape_pct <= rep.mape_pct

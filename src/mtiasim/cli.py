@@ -352,7 +352,9 @@ def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with 
                                           "system and round stay together. The result does not depend on it.")):
     """Predict every row of a measurement CSV and report the errors (MAPE, coverage). A p99
     latency row is read at the predicted Server operating point (the largest load meeting the
-    benchmark's bounds), from the same prediction as its submission's throughput row."""
+    benchmark's bounds), from the same prediction as its submission's throughput row. Each total
+    also gives its spread floor: the MAPE of the best single value per configuration, the part of
+    the error that is the submitters' own spread."""
     from mtiasim.validate import validate
 
     try:

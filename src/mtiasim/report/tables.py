@@ -152,18 +152,20 @@ def validation_tables(rep: Any) -> list[Table]:
     for title, group in (("by kind", rep.by_kind), ("by benchmark", rep.by_benchmark),
                          ("by accelerator", rep.by_accelerator), ("by metric", rep.by_metric)):
         t = Table(title=f"totals {title}")
-        for c in ("group", "rows", "predicted", "coverage %", "MAPE %", "median APE %"):
+        for c in ("group", "rows", "predicted", "coverage %", "MAPE %", "median APE %", "spread floor %"):
             t.add_column(c, justify="left" if c == "group" else "right")
         for k, v in group.items():
             t.add_row(k, str(v.rows), str(v.predicted), f"{v.coverage_pct:.0f}",
                       "-" if v.mape_pct is None else f"{v.mape_pct:.1f}",
-                      "-" if v.median_ape_pct is None else f"{v.median_ape_pct:.1f}")
+                      "-" if v.median_ape_pct is None else f"{v.median_ape_pct:.1f}",
+                      "-" if v.floor_mape_pct is None else f"{v.floor_mape_pct:.1f}")
         out.append(t)
     tot = Table(title="overall", show_header=False)
     tot.add_column("k")
     tot.add_column("v", justify="right")
     tot.add_row("rows / predicted / coverage", f"{rep.rows} / {rep.predicted} / {rep.coverage_pct:.0f}%")
     tot.add_row("MAPE / median APE", f"{rep.mape_pct or 0:.1f}% / {rep.median_ape_pct or 0:.1f}%")
+    tot.add_row("spread floor (best single value per configuration)", f"{rep.floor_mape_pct or 0:.1f}%")
     reasons: dict[str, int] = {}
     for r in rep.by_row:
         if r.reason:

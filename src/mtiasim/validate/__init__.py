@@ -46,6 +46,8 @@ class RowResult(BaseModel):
     prediction: float | None
     ape_pct: float | None
     reason: str | None = None
+    # the row's APE under the best single value for all rows of its configuration (spread_floor)
+    floor_ape_pct: float | None = None
 
 
 class Summary(BaseModel):
@@ -55,6 +57,9 @@ class Summary(BaseModel):
     coverage_pct: float
     mape_pct: float | None
     median_ape_pct: float | None
+    # the lowest MAPE any predictor giving one value per configuration could reach on these rows:
+    # the part of the error that is the measurements' own spread (spread_floor)
+    floor_mape_pct: float | None = None
 
 
 class ValidationReport(BaseModel):
@@ -65,6 +70,7 @@ class ValidationReport(BaseModel):
     coverage_pct: float
     mape_pct: float | None
     median_ape_pct: float | None
+    floor_mape_pct: float | None
     by_kind: dict[str, Summary]
     by_benchmark: dict[str, Summary]
     by_accelerator: dict[str, Summary]
@@ -78,9 +84,36 @@ def default_data() -> Path:
 
 def _summary(rs: list[RowResult]) -> Summary:
     apes = [r.ape_pct for r in rs if r.ape_pct is not None]
+    floors = [r.floor_ape_pct for r in rs if r.floor_ape_pct is not None]
     return Summary(rows=len(rs), predicted=len(apes), coverage_pct=100.0 * len(apes) / len(rs) if rs else 0.0,
                    mape_pct=statistics.fmean(apes) if apes else None,
-                   median_ape_pct=statistics.median(apes) if apes else None)
+                   median_ape_pct=statistics.median(apes) if apes else None,
+                   floor_mape_pct=statistics.fmean(floors) if floors else None)
+
+
+def spread_floor(measured: list[float]) -> tuple[float, list[float]]:
+    """The single value c that minimises the summed APE over ``measured`` (rows the model must
+    predict alike: one benchmark, system, scenario, round and metric, measured by different
+    submitters or runs), and each row's APE (%) at c. The sum of |c - m| / |m| is convex and
+    piecewise linear in c with its kinks at the measured values, so its minimum is at one of them
+    (a median weighted by 1 / |m|)."""
+    if not measured or any(m == 0 for m in measured):
+        raise ValueError("spread_floor needs non-zero measured values")
+    best = min(measured, key=lambda c: (sum(abs(c - m) / abs(m) for m in measured), c))
+    return best, [abs(best - m) / abs(m) * 100 for m in measured]
+
+
+def _with_floors(results: list[RowResult], rows: list[dict[str, str]]) -> None:
+    """Set ``floor_ape_pct`` on every predicted row: rows of one configuration (shard, scenario,
+    metric and the same prediction) share the value that fits them best."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (r, row) in enumerate(zip(results, rows)):
+        if r.ape_pct is not None:
+            groups[(_shard_key(row), row["scenario"].strip(), row["metric"].strip(), r.prediction)].append(i)
+    for idx in groups.values():
+        _, apes = spread_floor([float(rows[i]["value"]) for i in idx])
+        for i, ape in zip(idx, apes):
+            results[i].floor_ape_pct = ape
 
 
 def server_latency_logs() -> dict[str, dict]:
@@ -233,6 +266,7 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
         if pred is not None and (ape is None or math.isnan(ape)):
             pred, reason = None, "measured value is zero"
         results.append(RowResult(**row, prediction=pred, ape_pct=ape, reason=reason))
+    _with_floors(results, rows)
     groups: dict[str, dict[str, list[RowResult]]] = {k: defaultdict(list) for k in ("kind", "benchmark", "accel", "metric")}
     for r, row in zip(results, rows):
         groups["kind"][METRICS.get(row["metric"], ("other",))[0]].append(r)
@@ -242,7 +276,7 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
     total = _summary(results)
     return ValidationReport(
         source=str(path), rows=total.rows, predicted=total.predicted, coverage_pct=total.coverage_pct,
-        mape_pct=total.mape_pct, median_ape_pct=total.median_ape_pct,
+        mape_pct=total.mape_pct, median_ape_pct=total.median_ape_pct, floor_mape_pct=total.floor_mape_pct,
         by_kind={k: _summary(v) for k, v in groups["kind"].items()},
         by_benchmark={k: _summary(v) for k, v in groups["benchmark"].items()},
         by_accelerator={k: _summary(v) for k, v in groups["accel"].items()},
