@@ -164,9 +164,12 @@ def test_cli_validate_json():
     r = CliRunner().invoke(app, ["validate", "--data", str(MINI), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    for key in ("rows", "predicted", "coverage_pct", "mape_pct", "median_ape_pct", "by_row"):
+    for key in ("rows", "predicted", "coverage_pct", "mape_pct", "median_ape_pct", "floor_mape_pct", "by_row"):
         assert key in d
-    assert {"accelerator", "benchmark", "scenario", "metric", "value", "prediction", "ape_pct"} <= set(d["by_row"][0])
+    assert {"accelerator", "benchmark", "scenario", "metric", "value", "prediction", "ape_pct",
+            "floor_ape_pct"} <= set(d["by_row"][0])
+    # every predicted row of the mini set is alone in its configuration: no spread to excuse
+    assert d["floor_mape_pct"] == 0.0 and d["by_kind"]["latency"]["floor_mape_pct"] == 0.0
 
 
 def test_gptj_inferred_tokens_metric_is_samples_times_69(tmp_path):
