@@ -6,7 +6,7 @@ Its README gives the engine settings of the final submission (data/mlperf/deploy
 llama3.1-8b h100-sxm-80gb): Offline --max-num-seqs 1024 --max-num-batched-tokens 4096
 --kv-cache-dtype fp8; Server `vllm serve` --max-num-seqs 512 --max-num-batched-tokens 1024
 --long-prefill-token-threshold 256 and no KV-cache dtype (16-bit). With a 1,024-token step a
-~950-token CNN-DailyMail prompt is prefilled in 256-token chunks beside the decodes, so the steps
+CNN-DailyMail prompt (mean ~950 tokens, an estimate: data/serving/datasets.yaml) is prefilled in 256-token chunks beside the decodes, so the steps
 stay short (small TPOT) and the prompts queue for the step budget (long TTFT). Before these settings
 were taken (session 29) the model served the Server run with the Offline engine and read p99 TPOT
 83 ms (+230%) and TTFT 1,083 ms (-43%)."""
