@@ -366,3 +366,15 @@ def test_serve_max_prefill_chunk_spreads_prompts_over_steps():
     plain = ok_json(*base)
     capped = ok_json(*base, "--max-prefill-chunk", "256")
     assert capped["ttft_s"]["p50"] > plain["ttft_s"]["p50"]
+
+
+def test_serve_routing_least_pending():
+    # eight llama2-7b replicas (one per H100) under a Poisson load: both routings serve every
+    # request; a misspelled routing is refused by name
+    base = ["serve", "llama2-7b", "--system", "h100-sxm-80gb:8", "--tp", "1", "--qps", "40", "--requests", "400",
+            "--json"]
+    rr, lp = ok_json(*base), ok_json(*base, "--routing", "least_pending")
+    assert rr["completed"] == lp["completed"] == 400 and rr["dp"] == lp["dp"] == 8
+    assert lp["ttft_s"] != rr["ttft_s"]  # the routing reaches the simulation
+    r = runner.invoke(app, [*base, "--routing", "shortest"])
+    assert r.exit_code != 0 and "routing must be one of" in r.output

@@ -52,3 +52,24 @@ def test_mixtral_at_nvidias_logged_load_matches_its_logged_latencies():
     assert r.ttft_s.p50 * 1e3 == pytest.approx(log["ttft_ms"]["p50"], rel=0.25)
     assert r.ttft_s.p99 * 1e3 == pytest.approx(log["ttft_ms"]["p99"], rel=0.25)
     assert p.tokens_per_s == pytest.approx(log["completed_tokens_per_s"] / 8, rel=0.05)
+
+
+def test_least_pending_routing_narrows_the_tpot_spread_toward_the_log():
+    # NVIDIA's LLM harness sends each Server request to the engine with the fewest in flight
+    # (deployments.yaml header). At the logged load on the logged system (8 H100, 348.06 queries/s,
+    # 300 s of arrivals, second half scored) that keeps the eight engines' batches alike: the TPOT
+    # spread p99 / p50 was 1.23 least-pending, 1.51 round-robin when written, 1.20 in the log. The
+    # mean (~79 ms against 102.6) stays short with the deployments' calibration: BENCHMARKS.md
+    # session 31 (a fixed part of the MoE step puts it on the log but moves the QPS search deeper).
+    log = _log()
+    spread = {}
+    for routing in ("round_robin", "least_pending"):
+        p = predict_llm("mixtral-8x7b", log["system"], "Server", mlperf_round="v4.1",
+                        qps=log["completed_samples_per_s"], requests=104_400, routing=routing)
+        assert p.report.completed == p.report.requests
+        spread[routing] = p.report.tpot_s.p99 / p.report.tpot_s.p50
+    logged = log["tpot_ms"]["p99"] / log["tpot_ms"]["p50"]
+    assert spread["least_pending"] < 0.9 * spread["round_robin"]
+    assert spread["least_pending"] == pytest.approx(logged, rel=0.12)
+    with pytest.raises(ValueError, match="routing must be one of"):
+        predict_llm("mixtral-8x7b", log["system"], "Server", mlperf_round="v4.1", qps=100.0, routing="random")

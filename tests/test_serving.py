@@ -11,7 +11,7 @@ from mtiasim.compiler import CompileOptions, compile
 from mtiasim.graph import Graph, Node, TensorSpec
 from mtiasim.serving import SLO, serve_llm, step_cost
 from mtiasim.serving.cost import StepShape
-from mtiasim.serving.llm import SchedulerConfig, route_round_robin, run_replica
+from mtiasim.serving.llm import SchedulerConfig, route_round_robin, run_least_pending, run_replica
 from mtiasim.serving.traffic import Request, generate
 from mtiasim.system.collectives import allreduce_s
 from mtiasim.system.plan import DoesNotFit, plan_llm
@@ -273,6 +273,52 @@ def test_request_larger_than_the_kv_cache_is_rejected_with_numbers():
 def test_round_robin_routing():
     parts = route_round_robin([Request(i, float(i), 1, 1) for i in range(7)], 3)
     assert [len(p) for p in parts] == [3, 2, 2] and parts[1][0].id == 1
+
+
+def test_least_pending_routing_by_hand():
+    # two engines, every step 1 s. r0 (10 tokens out) goes to engine 0 (a tie: the lowest index) and
+    # holds it until t = 10; r1 at 0.5 goes to engine 1, which finishes it (one token) at 1.5; at 2.0
+    # engine 1 is empty and r2 goes there too, where round-robin would send it to engine 0; at 2.2
+    # engine 1's step with r2 ends only at 3.0, so both engines hold one request and r3 goes to 0
+    reqs = [Request(0, 0.0, 10, 10), Request(1, 0.5, 10, 1), Request(2, 2.0, 10, 1), Request(3, 2.2, 10, 1)]
+    (a, sa, end_a), (b, sb, end_b) = run_least_pending(reqs, ConstantStep(1.0), 10_000, SchedulerConfig(), 2)
+    assert [r.request.id for r in a] == [0, 3] and [r.request.id for r in b] == [1, 2]
+    assert [r.id for r in route_round_robin(reqs, 2)[0]] == [0, 2]
+    assert b[1].ttft_s == pytest.approx(1.0) and b[1].finish_s == pytest.approx(3.0)
+    assert a[1].ttft_s == pytest.approx(1.8)  # joins engine 0's step from 3.0 to 4.0
+    assert (sa.finished, sb.finished) == (2, 2) and end_a == pytest.approx(10.0) and end_b == pytest.approx(3.0)
+
+
+def test_least_pending_on_one_engine_is_the_plain_loop():
+    reqs = generate(300, 40.0, seed=5)
+    cfg = SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=512)
+    (lp, lp_stats, lp_end), = run_least_pending(reqs, ConstantStep(0.02), 20_000, cfg, 1)
+    rr, rr_stats, rr_end = run_replica(reqs, ConstantStep(0.02), 20_000, cfg)
+    assert [(r.request.id, r.first_token_s, r.finish_s) for r in lp] == [(r.request.id, r.first_token_s, r.finish_s)
+                                                                           for r in rr]
+    assert (lp_stats.steps, lp_end) == (rr_stats.steps, rr_end)
+
+
+def test_least_pending_evens_out_the_engines():
+    # the same Poisson stream on four engines, each ~90% busy: routing each request to the
+    # least-loaded engine keeps their batches alike, so the TPOT spread (p99 / p50) is narrower than
+    # round-robin's (measured when written: 1.41 round-robin, 1.25 least-pending)
+    reqs = generate(4000, 60.0, seed=11)
+    cfg = SchedulerConfig(max_num_seqs=1024, max_num_batched_tokens=4096)
+
+    class Linear(ConstantStep):  # a step that grows with its tokens, as a compute-bound one does
+        def step_s(self, shape):
+            return 0.005 + 1e-4 * shape.tokens
+
+    def spread(runs):
+        tpot = [r.tpot_s for recs, _, _ in runs for r in recs if r.tpot_s is not None]
+        return np.percentile(tpot, 99) / np.percentile(tpot, 50)
+    rr = [run_replica(part, Linear(), 200_000, cfg) for part in route_round_robin(reqs, 4)]
+    lp = run_least_pending(reqs, Linear(), 200_000, cfg, 4)
+    assert sum(len(recs) for recs, _, _ in lp) == 4000
+    assert spread(lp) < 0.95 * spread(rr)
+    with pytest.raises(ValueError, match="replicas"):
+        run_least_pending(reqs, Linear(), 200_000, cfg, 0)
 
 
 def test_poisson_traffic_is_seeded_and_has_the_right_rate():

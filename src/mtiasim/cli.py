@@ -223,6 +223,9 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
           max_chunk: int | None = typer.Option(None, "--max-prefill-chunk", min=1,
                                                help="Max prompt tokens one request prefills per step (vLLM's "
                                                     "--long-prefill-token-threshold); default: no cap."),
+          routing: str = typer.Option("round_robin", "--routing", help="LLMs: how requests reach the data-parallel "
+                                      "replicas: round_robin, or least_pending (each to the replica with the fewest "
+                                      "in flight, as NVIDIA's MLPerf LLM harness routes Server runs)."),
           prefill_first: bool = typer.Option(False, "--prefill-first", help="A step with prompts to prefill runs only "
                                              "them while the decodes wait (vLLM V0's default scheduler); default: "
                                              "prompts and decodes share each step."),
@@ -246,7 +249,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--tp": tp,
                     "--pp": pp, "--trace": trace, "--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99,
                     "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--prefill-first": prefill_first,
-                    "--max-prefill-chunk": max_chunk,
+                    "--max-prefill-chunk": max_chunk, "--routing": routing != "round_robin",
                     "--input-len": prompt_tokens,
                     "--output-len": output_tokens}
         given = [flag for flag, v in llm_only.items() if v]
@@ -269,7 +272,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         rep = serve_llm(model, system, qps=qps, requests=requests, seed=seed, prompt_tokens=prompt_tokens,
                         output_tokens=output_tokens, scheduler=sched, tp=tp, pp=pp, dtype=dtype,
                         kv_dtype=kv_dtype, ep=ep, stack=stack, slo=slo if (slo.ttft_p99_s or slo.tpot_p99_s) else None,
-                        request_list=load_trace(trace) if trace else None)
+                        request_list=load_trace(trace) if trace else None, routing=routing)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:

@@ -19,6 +19,7 @@ from mtiasim.serving.llm import (
     SchedulerConfig,
     route_batches_round_robin,
     route_round_robin,
+    run_least_pending,
     run_replica,
 )
 from mtiasim.serving.traffic import DATASET_OF, Request, generate, harness_batches
@@ -26,6 +27,8 @@ from mtiasim.system.plan import LLMPlan, plan_llm, serving_calibration
 from mtiasim.system.spec import SystemSpec
 
 _COSTS: dict[tuple, LLMStepCost] = {}
+#: how requests reach the data-parallel replicas (serve_llm's ``routing``)
+ROUTINGS = ("round_robin", "least_pending")
 
 
 def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dtype: str | None = None,
@@ -165,14 +168,20 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
               slo: SLO | None = None, request_list: list[Request] | None = None,
               kv_dtype: str | None = None, ep: int = 1, warmup_fraction: float = 0.0,
               stack: str | None = None, kv_memory_fraction: float | None = None,
-              harness_batcher: tuple[int, float] | None = None) -> ServingReport:
+              harness_batcher: tuple[int, float] | None = None, routing: str = "round_robin") -> ServingReport:
     """Serve ``model`` on ``system``: plan the layout (tp x pp [x ep] per replica, the rest data
     parallel), generate or take the requests, run continuous batching on every replica. Latency
     percentiles skip the requests that arrive in the first ``warmup_fraction`` of the arrival
     window (a loaded system takes a while to build its steady-state batch). Requests go to the
     replicas round-robin, or, with ``harness_batcher`` = (batch, timeout_s), in the batches a
     harness-side batcher forms (traffic.harness_batches), each batch to the next replica; latencies
-    then count from the issue time, so they include the wait in the batcher."""
+    then count from the issue time, so they include the wait in the batcher. ``routing=
+    "least_pending"`` sends each request instead to the replica with the fewest requests in flight,
+    every replica simulated together (llm.run_least_pending; NVIDIA's MLPerf LLM harness)."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got '{routing}'")
+    if routing != "round_robin" and harness_batcher is not None:
+        raise ValueError("a harness batcher sends its batches round-robin: routing must be 'round_robin' with it")
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     t0 = time.perf_counter()
@@ -189,12 +198,14 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     # a pp-stage pipeline keeps pp micro-batches in flight: pp independent batches, each with a
     # pp-th of the replica's KV cache and the full (all-stage) step latency
     lanes = plan.dp * plan.pp
-    parts = (route_round_robin(reqs, lanes) if harness_batcher is None
-             else route_batches_round_robin(harness_batches(reqs, *harness_batcher), lanes))
-    for part in parts:
-        if not part:
-            continue
-        recs, stats, finish = run_replica(part, cost, plan.kv_capacity_tokens // plan.pp, sched)
+    kv_lane = plan.kv_capacity_tokens // plan.pp
+    if routing == "least_pending":
+        runs = [run for run in run_least_pending(reqs, cost, kv_lane, sched, lanes) if run[0]]
+    else:
+        parts = (route_round_robin(reqs, lanes) if harness_batcher is None
+                 else route_batches_round_robin(harness_batches(reqs, *harness_batcher), lanes))
+        runs = (run_replica(part, cost, kv_lane, sched) for part in parts if part)
+    for recs, stats, finish in runs:
         records += recs
         if qps is None:
             saturated.append(_saturated_rate(recs))

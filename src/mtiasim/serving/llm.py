@@ -121,6 +121,7 @@ class ReplicaStats:
     busy_s: float = 0.0
     preemptions: int = 0
     max_batch_seen: int = 0
+    finished: int = 0  # requests completed so far
 
 
 def _blocks(tokens: int, block: int) -> int:
@@ -130,15 +131,40 @@ def _blocks(tokens: int, block: int) -> int:
 def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg: SchedulerConfig
                 ) -> tuple[list[RequestRecord], ReplicaStats, float]:
     """Simulate one replica; returns per-request records, stats and the time the last request ended."""
+    reqs = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+    records = [RequestRecord(r) for r in reqs]
+    stats = ReplicaStats()
+    loop = _replica_loop(reqs, records, cost, kv_tokens, cfg, stats)
+    for t in loop:  # every step; None: it needs another arrival, and there is none
+        if t is None:
+            break
+    return records, stats, _finish(loop)
+
+
+def _finish(loop) -> float:
+    """Tell a replica loop that no more requests will arrive; it rejects what it cannot serve
+    and returns its clock."""
+    try:
+        loop.send(False)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("a replica loop went on after its last arrival")  # pragma: no cover
+
+
+def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMStepCost, kv_tokens: int,
+                  cfg: SchedulerConfig, stats: ReplicaStats):
+    """The scheduling loop of one replica, as a generator: it yields its clock after every step.
+    ``reqs`` (in arrival order) and ``records`` (one per request, same order) may grow while it
+    runs: a driver that routes arrivals appends to both. When it can do nothing with the requests
+    it holds (idle, or blocked on KV blocks) it yields None; the driver then sends True after
+    appending another arrival, or False when there will be none: the loop then rejects what is
+    still waiting and returns its clock."""
     total_blocks = kv_tokens // cfg.block_tokens
     free = total_blocks
     watermark = int(cfg.kv_watermark_fraction * total_blocks)  # blocks admission leaves free
-    reqs = sorted(requests, key=lambda r: (r.arrival_s, r.id))
-    records = [RequestRecord(r) for r in reqs]
     waiting: deque[_Seq] = deque()
     running: list[_Seq] = []
-    stats = ReplicaStats()
-    now, i, n = 0.0, 0, len(reqs)
+    now, i = 0.0, 0
     static = cfg.batching == "static"
     batch: list[_Seq] = []  # static batching: every request of the running batch, finished ones included
     batch_steps = 0  # static batching: decode steps the batch has run
@@ -149,12 +175,17 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
         free += s.blocks
         s.blocks = 0
 
-    while i < n or waiting or running:
+    while True:
+        n = len(reqs)
         while i < n and reqs[i].arrival_s <= now:
             waiting.append(_Seq(records[i], reqs[i].prompt_tokens, reqs[i].prompt_tokens))
             i += 1
         if not waiting and not running:
-            now = reqs[i].arrival_s
+            if i < n:
+                now = reqs[i].arrival_s
+                continue
+            if not (yield None):  # idle until another arrival
+                return now
             continue
         # admission (FIFO): the prompt's KV blocks must be free; static batching admits a new
         # batch only once the running one has finished
@@ -226,9 +257,11 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
             if i < n:
                 now = max(now, reqs[i].arrival_s)
                 continue
+            if (yield None):  # another arrival may unblock it
+                continue
             for s in list(waiting):  # cannot ever be served
                 s.rec.rejected = s.rec.rejected or "KV cache too small for this request"
-            break
+            return now
         # KV read per decode step: the beams of a request share their prompt's blocks (paged KV
         # cache) and each beam reads its own generated tokens. The attention kernel reads every
         # beam's path (TensorRT-LLM's masked MHA follows cache_indirection per beam), so the
@@ -267,6 +300,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 if s.generated >= s.rec.request.output_tokens:
                     finished.append(s)
         if finished:
+            stats.finished += len(finished)
             for s in finished:
                 s.rec.finish_s = now
                 s.active = False
@@ -276,7 +310,7 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
                 for b in batch:
                     if b.rec.finish_s is not None:  # not a preempted one, which is queued again
                         b.rec.finish_s = now
-    return records, stats, now
+        yield now
 
 
 def route_batches_round_robin(batches: list[list[Request]], replicas: int) -> list[list[Request]]:
@@ -291,4 +325,68 @@ def route_round_robin(requests: list[Request], replicas: int) -> list[list[Reque
     out: list[list[Request]] = [[] for _ in range(replicas)]
     for k, r in enumerate(sorted(requests, key=lambda r: (r.arrival_s, r.id))):
         out[k % replicas].append(r)
+    return out
+
+
+class _Engine:
+    """One engine of ``run_least_pending``: its scheduling loop, the requests sent to it and its clock."""
+
+    __slots__ = ("loop", "reqs", "records", "stats", "clock", "idle", "done_before_step")
+
+    def __init__(self, cost: LLMStepCost, kv_tokens: int, cfg: SchedulerConfig) -> None:
+        self.reqs: list[Request] = []
+        self.records: list[RequestRecord] = []
+        self.stats = ReplicaStats()
+        self.loop = _replica_loop(self.reqs, self.records, cost, kv_tokens, cfg, self.stats)
+        next(self.loop)  # holding no request, it waits (yields None) for the first
+        self.clock, self.idle, self.done_before_step = 0.0, True, 0
+
+    def _went(self, t: float | None) -> None:
+        if t is None:
+            self.idle = True
+        else:
+            self.clock = t
+
+    def run_until(self, t: float) -> None:
+        """Run steps until one ends after ``t`` (or there is nothing to run)."""
+        while not self.idle and self.clock < t:
+            self.done_before_step = self.stats.finished
+            self._went(next(self.loop))
+
+    def in_flight(self, t: float) -> int:
+        """Requests sent and not completed at ``t``: a step that ends after ``t`` has not completed its own yet."""
+        return len(self.reqs) - (self.stats.finished if self.clock <= t else self.done_before_step)
+
+    def send(self, r: Request) -> None:
+        self.reqs.append(r)
+        self.records.append(RequestRecord(r))
+        if self.idle:  # resume it with its new arrival
+            self.idle = False
+            self.done_before_step = self.stats.finished
+            self._went(self.loop.send(True))
+
+
+def run_least_pending(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg: SchedulerConfig,
+                      replicas: int) -> list[tuple[list[RequestRecord], ReplicaStats, float]]:
+    """Serve ``requests`` on ``replicas`` engines simulated together, each arrival going to the
+    engine with the fewest requests in flight (sent and not yet completed; ties to the lowest
+    index): NVIDIA's MLPerf LLM harness in Server runs (its LLMServerLoadGen's load-balancing
+    traffic distribution, the default; data/mlperf/deployments.yaml ``server_routing``). Engines
+    run their steps independently; at each arrival every engine is first run up to it. Returns
+    ``run_replica``'s result for each engine."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    engines = [_Engine(cost, kv_tokens, cfg) for _ in range(replicas)]
+    for r in sorted(requests, key=lambda r: (r.arrival_s, r.id)):
+        t = r.arrival_s
+        for e in engines:
+            e.run_until(t)
+        min(engines, key=lambda e: e.in_flight(t)).send(r)
+    out = []
+    for e in engines:
+        if not e.idle:
+            for t in e.loop:
+                if t is None:
+                    break
+        out.append((e.records, e.stats, _finish(e.loop)))
     return out

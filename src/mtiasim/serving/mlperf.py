@@ -16,7 +16,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from mtiasim.serving import SLO, Percentiles, ServingReport, default_scheduler, plan_serving, serve_llm
+from mtiasim.serving import (
+    ROUTINGS,
+    SLO,
+    Percentiles,
+    ServingReport,
+    default_scheduler,
+    plan_serving,
+    serve_llm,
+)
 from mtiasim.serving.llm import route_batches_round_robin, route_round_robin
 from mtiasim.serving.traffic import generate, harness_batches
 from mtiasim.system.spec import SystemSpec
@@ -42,6 +50,10 @@ SERVER_MIN_DURATION_S = 600.0
 #: stayed under the TTFT bound in that time and the search ended on the knee (Mixtral on 4 H100s:
 #: p99 TTFT 1.83 s at the operating point, 0.56 s with 600 s probes; BENCHMARKS.md session 22)
 SERVER_PROBE_REQUESTS = (1_000, 60_000)
+#: a Server probe of a deployment that routes each request to the least-loaded engine
+#: (``server_routing: least_pending``) simulates this many of its replicas together, fed their
+#: share of the stream: the routing couples them, so one replica alone cannot stand for the rest.
+LEAST_PENDING_PROBE_REPLICAS = 4
 #: queries one chip group of a batched benchmark (dlrm-v2, bert, resnet50) serves in a Server
 #: probe: SERVER_MIN_DURATION_S of its arrivals, within these bounds (the upper one only guards
 #: the search's time and memory: 2,000,000 is 290 s of a bert group at the knee, 31 s of a DLRM-v2
@@ -163,20 +175,20 @@ def deployment_round(benchmark: str, mlperf_round: str | None) -> str | None:
     return r if r and r in _data("deployments.yaml").get(base, {}).get("rounds", {}) else None
 
 
-def _one_replica_scaled(rep: ServingReport, plan, system_name: str, note: str) -> ServingReport:
-    """A run of one of ``plan.dp`` identical data-parallel replicas as the whole system's report:
-    counts and rates times the replicas, latencies as they are."""
-    if plan.dp == 1:
+def _one_replica_scaled(rep: ServingReport, plan, system_name: str, note: str, replicas: int = 1) -> ServingReport:
+    """A run of ``replicas`` of ``plan.dp`` identical data-parallel replicas as the whole system's
+    report: counts and rates times ``plan.dp / replicas``, latencies as they are."""
+    if plan.dp == replicas:
         return rep
-    dp = plan.dp
+    f = plan.dp / replicas
     return rep.model_copy(update={
-        "system": system_name, "dp": dp, "requests": rep.requests * dp, "completed": rep.completed * dp,
-        "rejected": rep.rejected * dp, "output_tokens_per_s": rep.output_tokens_per_s * dp,
-        "requests_per_s": rep.requests_per_s * dp,
+        "system": system_name, "dp": plan.dp, "requests": round(rep.requests * f), "completed": round(rep.completed * f),
+        "rejected": round(rep.rejected * f), "output_tokens_per_s": rep.output_tokens_per_s * f,
+        "requests_per_s": rep.requests_per_s * f,
         "saturated_output_tokens_per_s": (None if rep.saturated_output_tokens_per_s is None
-                                          else rep.saturated_output_tokens_per_s * dp),
-        "preemptions": rep.preemptions * dp, "plan": plan.describe(),
-        "notes": rep.notes + [f"{note}; its rates are scaled by {dp}"]})
+                                          else rep.saturated_output_tokens_per_s * f),
+        "preemptions": round(rep.preemptions * f), "plan": plan.describe(),
+        "notes": rep.notes + [f"{note}; its rates are scaled by {f:g}"]})
 
 
 class MLPerfPrediction(BaseModel):
@@ -353,7 +365,7 @@ def _no_load_passed(rep: ServingReport, lowest_failed_qps: float, cap_qps: float
 
 def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *, requests: int | None = None,
                 seed: int = 0, qps: float | None = None, search_steps: int = 9,
-                mlperf_round: str | None = None, maxq: bool = False) -> MLPerfPrediction:
+                mlperf_round: str | None = None, maxq: bool = False, routing: str | None = None) -> MLPerfPrediction:
     """Predict an MLPerf LLM result. Offline simulates one data-parallel replica with its share
     of the sample set, at least OFFLINE_BATCHES_PER_LANE batches (``requests`` given: that many
     requests over the whole system), and reports the steady-state throughput (before the drain
@@ -363,7 +375,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     meet the bounds; the median run is reported.
     With ``qps`` given (Server/Interactive), run 20,000 requests at that load instead of searching
     (e.g. to predict the latencies a submission measured at its load), with percentiles past
-    warm-up."""
+    warm-up. ``routing`` (round_robin, least_pending) overrides how the deployment's harness sends
+    Server requests to the replicas (``server_routing`` in deployments.yaml; default round-robin)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got '{scenario}'")
     info = benchmark_info(benchmark)
@@ -390,6 +403,10 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     # batches, each batch to the next replica
     hb = dep.get("harness_batcher") if scenario != "Offline" else None
     batcher = (int(hb["batch"]), float(hb["timeout_s"])) if hb else None
+    # how the harness spreads Server requests over the engines (Offline: round-robin shares)
+    routing = (routing or dep.get("server_routing", "round_robin")) if scenario != "Offline" else "round_robin"
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got '{routing}'")
     if sysspec.count % ((dep.get("tp") or 1) * (dep.get("pp") or 1)):
         kw["tp"] = kw["pp"] = None  # the submitters' layout does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
@@ -405,7 +422,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
             return run_offline()
         return serve_llm(info["model"], sysspec, qps=rate, requests=n_offline if rate is None else n_server,
                          slo=slo if scenario != "Offline" else None, warmup_fraction=0.0 if rate is None else 0.5,
-                         harness_batcher=None if rate is None else batcher, **{**kw, "seed": seed})
+                         harness_batcher=None if rate is None else batcher,
+                         routing="round_robin" if rate is None else routing, **{**kw, "seed": seed})
 
     def run_offline() -> ServingReport:
         """MLPerf's Offline run lasts >= 10 minutes, repeating the sample set, so every replica
@@ -428,6 +446,15 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         p = plan()
         lo_n, hi_n = SERVER_PROBE_REQUESTS
         n = int(min(max(rate / p.dp * SERVER_MIN_DURATION_S, lo_n), hi_n))
+        if routing == "least_pending":  # replicas that share a stream are simulated together
+            g = min(p.dp, LEAST_PENDING_PROBE_REPLICAS)
+            group = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep * g})
+            rep = serve_llm(info["model"], group, qps=rate * g / p.dp, requests=n * g, slo=slo, warmup_fraction=0.5,
+                            routing=routing, **{**kw, "seed": seed, "tp": p.tp, "pp": p.pp})
+            scaled = _one_replica_scaled(rep, p, sysspec.name, f"Server probe: {g} of the {p.dp} data-parallel "
+                                         f"replicas simulated together ({n * g:,} requests), each request to the "
+                                         "one with the fewest in flight", replicas=g)
+            return scaled.model_copy(update={"qps": rate})
         stream = generate(n * p.dp, rate, dataset=info["dataset"], seed=seed)
         mine = (route_round_robin(stream, p.dp) if batcher is None
                 else route_batches_round_robin(harness_batches(stream, *batcher), p.dp))[0]
