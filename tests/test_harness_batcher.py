@@ -6,7 +6,7 @@ import pytest
 
 from mtiasim.serving import serve_llm
 from mtiasim.serving.llm import route_batches_round_robin
-from mtiasim.serving.mlperf import deployment
+from mtiasim.serving.mlperf import deployment, predict_llm
 from mtiasim.serving.traffic import Request, harness_batches
 
 
@@ -80,3 +80,12 @@ def test_amds_v41_server_runs_its_harness_engine_limits_and_offline_keeps_its_ow
         with pytest.raises(Captured):
             m.predict_llm("llama2-70b", "mi300x:8", scenario, mlperf_round="v4.1", **kw)
     assert seen == [(1024, 49152), (1792, 40960)]
+
+
+def test_a_harness_batcher_refuses_least_pending_routing():
+    # AMD's v4.1 harness batches queries before vLLM sees them and sends each batch to the next
+    # engine: asking for least-pending routing on top is refused by name, not silently ignored
+    with pytest.raises(ValueError, match="harness batcher"):
+        predict_llm("llama2-70b-99", "mi300x:8", "Server", mlperf_round="v4.1", qps=10.0, routing="least_pending")
+    with pytest.raises(ValueError, match="routing must be one of"):
+        predict_llm("llama2-70b-99", "mi300x:8", "Offline", mlperf_round="v4.1", routing="nearest")

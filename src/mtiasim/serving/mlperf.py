@@ -404,9 +404,14 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     hb = dep.get("harness_batcher") if scenario != "Offline" else None
     batcher = (int(hb["batch"]), float(hb["timeout_s"])) if hb else None
     # how the harness spreads Server requests over the engines (Offline: round-robin shares)
-    routing = (routing or dep.get("server_routing", "round_robin")) if scenario != "Offline" else "round_robin"
-    if routing not in ROUTINGS:
+    if routing is not None and routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got '{routing}'")
+    routing = (routing or dep.get("server_routing", "round_robin")) if scenario != "Offline" else "round_robin"
+    if routing not in ROUTINGS:  # a deployment's server_routing
+        raise ValueError(f"routing must be one of {ROUTINGS}, got '{routing}'")
+    if routing != "round_robin" and batcher is not None:
+        raise ValueError(f"{info['benchmark']} on {sysspec.chip}: the deployment's harness batcher sends its batches "
+                         "round-robin; routing must be 'round_robin' with it")
     if sysspec.count % ((dep.get("tp") or 1) * (dep.get("pp") or 1)):
         kw["tp"] = kw["pp"] = None  # the submitters' layout does not divide this system: plan it
     bounds: dict = {} if scenario == "Offline" else _slo(info["benchmark"], scenario)
