@@ -12,7 +12,9 @@ decodes wait. Admission leaves ``kv_watermark_fraction`` of the blocks free (vLL
 manager: a prompt is admitted only if ``free - needed >= watermark``), so the running sequences'
 next tokens find blocks: without it the loop admits prompts into the last free blocks, the next
 decode step preempts them again, and their prefill is wasted, step after step. Requests are
-routed to replicas round-robin.
+routed to replicas round-robin (``route_round_robin``, each replica simulated alone) or each to the
+replica with the fewest requests in flight (``run_least_pending``, the replicas simulated together:
+the loop is a generator a driver feeds arrivals to between steps).
 
 Beam search (``beams`` > 1, as MLPerf GPT-J mandates 4 beams) decodes every beam of a request in
 the step (the step's decode batch counts beams); the prompt's KV blocks are shared by the beams
