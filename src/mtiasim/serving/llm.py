@@ -136,21 +136,18 @@ def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg:
     reqs = sorted(requests, key=lambda r: (r.arrival_s, r.id))
     records = [RequestRecord(r) for r in reqs]
     stats = ReplicaStats()
-    loop = _replica_loop(reqs, records, cost, kv_tokens, cfg, stats)
-    for t in loop:  # every step; None: it needs another arrival, and there is none
-        if t is None:
-            break
-    return records, stats, _finish(loop)
+    return records, stats, _finish(_replica_loop(reqs, records, cost, kv_tokens, cfg, stats))
 
 
 def _finish(loop) -> float:
-    """Tell a replica loop that no more requests will arrive; it rejects what it cannot serve
-    and returns its clock."""
-    try:
-        loop.send(False)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("a replica loop went on after its last arrival")  # pragma: no cover
+    """Run a replica loop to its end with no more arrivals: its remaining steps, then, where it
+    waits for an arrival (yields None), ``next`` sends it None, which it reads as "none will come":
+    it rejects what it cannot serve and returns its clock."""
+    while True:
+        try:
+            next(loop)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMStepCost, kv_tokens: int,
@@ -159,8 +156,8 @@ def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMSt
     ``reqs`` (in arrival order) and ``records`` (one per request, same order) may grow while it
     runs: a driver that routes arrivals appends to both. When it can do nothing with the requests
     it holds (idle, or blocked on KV blocks) it yields None; the driver then sends True after
-    appending another arrival, or False when there will be none: the loop then rejects what is
-    still waiting and returns its clock."""
+    appending another arrival, or False (or None: ``next``) when there will be none: the loop then
+    rejects what is still waiting and returns its clock."""
     total_blocks = kv_tokens // cfg.block_tokens
     free = total_blocks
     watermark = int(cfg.kv_watermark_fraction * total_blocks)  # blocks admission leaves free
@@ -384,11 +381,4 @@ def run_least_pending(requests: list[Request], cost: LLMStepCost, kv_tokens: int
         for e in engines:
             e.run_until(t)
         min(engines, key=lambda e: e.in_flight(t)).send(r)
-    out = []
-    for e in engines:
-        if not e.idle:
-            for t in e.loop:
-                if t is None:
-                    break
-        out.append((e.records, e.stats, _finish(e.loop)))
-    return out
+    return [(e.records, e.stats, _finish(e.loop)) for e in engines]
