@@ -41,6 +41,7 @@ static batch here holds more requests than it did.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -111,6 +112,13 @@ class _Seq:
     generated: int = 0
     blocks: int = 0
     active: bool = False  # in the running batch
+    # bookkeeping of _continuous_loop (unused by _general_loop): admission ticket (its order is
+    # the running batch's), whether the sequence decodes, the loop's decode-step count when
+    # ``generated`` was last brought up to date, and a version that retires its queued events
+    ticket: int = 0
+    decoding: bool = False
+    synced_at: int = 0
+    version: int = 0
 
     @property
     def context(self) -> int:
@@ -128,6 +136,47 @@ class ReplicaStats:
 
 def _blocks(tokens: int, block: int) -> int:
     return -(-tokens // block)
+
+
+def _take_arrivals(reqs: list[Request], records: list[RequestRecord], i: int, now: float,
+                   waiting: deque[_Seq]) -> int:
+    """Queue the requests from index ``i`` on that have arrived by ``now``; the next index."""
+    n = len(reqs)
+    while i < n and reqs[i].arrival_s <= now:
+        waiting.append(_Seq(records[i], reqs[i].prompt_tokens, reqs[i].prompt_tokens))
+        i += 1
+    return i
+
+
+def _admission_blocks(s: _Seq, free: int, total_blocks: int, watermark: int, cfg: SchedulerConfig,
+                      kv_tokens: int) -> int | None:
+    """KV blocks the head of the queue takes if admitted now; 0 when it has to wait for blocks;
+    None when no cache state can ever admit it (vLLM: AllocStatus.NEVER): its record is rejected."""
+    need = _blocks(s.prefill_target + 1, cfg.block_tokens)
+    if need > total_blocks - watermark:
+        s.rec.rejected = (f"needs {need * cfg.block_tokens} KV tokens, replica holds {kv_tokens}"
+                          + (f" ({watermark * cfg.block_tokens} kept free by the admission watermark)"
+                             if watermark else ""))
+        return None
+    return need if need <= free - watermark else 0
+
+
+def _prefill_chunks(prefilling, budget: int, decodes: bool, cfg: SchedulerConfig) -> list[tuple[_Seq, int]]:
+    """The step's prefill work: (sequence, tokens) for the ``prefilling`` sequences in admission
+    order, within the step's token ``budget``; ``decodes``: the step has decoding sequences."""
+    whole = not (cfg.chunked_prefill and cfg.mixed_steps)  # prefill-first steps hold whole prompts only
+    cap = cfg.max_prefill_chunk_tokens if not whole and cfg.max_prefill_chunk_tokens else None
+    chunks: list[tuple[_Seq, int]] = []
+    for s in prefilling:
+        if budget <= 0:
+            break
+        left = s.prefill_target - s.done
+        if whole and left > budget and (chunks or (decodes and cfg.mixed_steps)):
+            break
+        take = left if whole else min(left, budget, cap or left)
+        chunks.append((s, take))
+        budget -= take
+    return chunks
 
 
 def run_replica(requests: list[Request], cost: LLMStepCost, kv_tokens: int, cfg: SchedulerConfig
@@ -157,7 +206,18 @@ def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMSt
     runs: a driver that routes arrivals appends to both. When it can do nothing with the requests
     it holds (idle, or blocked on KV blocks) it yields None; the driver then sends True after
     appending another arrival, or False (or None: ``next``) when there will be none: the loop then
-    rejects what is still waiting and returns its clock."""
+    rejects what is still waiting and returns its clock. Continuous batching without beams runs
+    ``_continuous_loop`` (the same steps and records, with per-step work that does not grow with
+    the batch), everything else ``_general_loop``."""
+    if cfg.beams == 1 and cfg.batching == "continuous":
+        return (yield from _continuous_loop(reqs, records, cost, kv_tokens, cfg, stats))
+    return (yield from _general_loop(reqs, records, cost, kv_tokens, cfg, stats))
+
+
+def _general_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMStepCost, kv_tokens: int,
+                  cfg: SchedulerConfig, stats: ReplicaStats):
+    """``_replica_loop`` for every scheduler: each step rebuilds its decode batch, checks every
+    decoding sequence's next KV block and advances every sequence one by one."""
     total_blocks = kv_tokens // cfg.block_tokens
     free = total_blocks
     watermark = int(cfg.kv_watermark_fraction * total_blocks)  # blocks admission leaves free
@@ -176,9 +236,7 @@ def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMSt
 
     while True:
         n = len(reqs)
-        while i < n and reqs[i].arrival_s <= now:
-            waiting.append(_Seq(records[i], reqs[i].prompt_tokens, reqs[i].prompt_tokens))
-            i += 1
+        i = _take_arrivals(reqs, records, i, now, waiting)
         if not waiting and not running:
             if i < n:
                 now = reqs[i].arrival_s
@@ -195,14 +253,11 @@ def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMSt
                 waiting = deque(sorted(waiting, key=lambda q: -q.rec.request.prompt_tokens))
         while admit and waiting and len(running) < cfg.max_num_seqs:
             s = waiting[0]
-            need = _blocks(s.prefill_target + 1, cfg.block_tokens)
-            if need > total_blocks - watermark:  # can never be admitted (vLLM: AllocStatus.NEVER)
+            need = _admission_blocks(s, free, total_blocks, watermark, cfg, kv_tokens)
+            if need is None:  # rejected
                 waiting.popleft()
-                s.rec.rejected = (f"needs {need * cfg.block_tokens} KV tokens, replica holds {kv_tokens}"
-                                  + (f" ({watermark * cfg.block_tokens} kept free by the admission watermark)"
-                                     if watermark else ""))
                 continue
-            if need > free - watermark:
+            if not need:
                 break
             waiting.popleft()
             free -= need
@@ -236,20 +291,9 @@ def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMSt
                 s.blocks += need
         if preempted:  # the victims leave the decode batch
             decode = [s for s in running if s.done >= s.prefill_target]
-        # prefill-first steps hold whole prompts only: the decodes' tokens do not take the budget
+        # prefill-first steps: the decodes' tokens do not take the budget
         budget = cfg.max_num_batched_tokens - (len(decode) if cfg.mixed_steps else 0)
-        whole = not (cfg.chunked_prefill and cfg.mixed_steps)
-        chunks: list[tuple[_Seq, int]] = []
-        cap = cfg.max_prefill_chunk_tokens if not whole and cfg.max_prefill_chunk_tokens else None
-        for s in running:
-            if s.done >= s.prefill_target or budget <= 0:
-                continue
-            left = s.prefill_target - s.done
-            if whole and left > budget and (chunks or (decode and cfg.mixed_steps)):
-                break
-            take = left if whole else min(left, budget, cap or left)
-            chunks.append((s, take))
-            budget -= take
+        chunks = _prefill_chunks((s for s in running if s.done < s.prefill_target), budget, bool(decode), cfg)
         if chunks and not cfg.mixed_steps:
             decode = []  # vLLM V0's default scheduler: a step with prompts to prefill runs only them
         if not decode and not chunks:  # nothing schedulable (all blocked): wait for the next arrival
@@ -309,6 +353,163 @@ def _replica_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMSt
                 for b in batch:
                     if b.rec.finish_s is not None:  # not a preempted one, which is queued again
                         b.rec.finish_s = now
+        yield now
+
+
+def _continuous_loop(reqs: list[Request], records: list[RequestRecord], cost: LLMStepCost, kv_tokens: int,
+                     cfg: SchedulerConfig, stats: ReplicaStats):
+    """``_general_loop`` for continuous batching without beams (every LLM Server and Offline run of
+    the calibration set but GPT-J's), step for step the same: the same admissions, preemptions,
+    steps, clock and records, where that loop rebuilds its decode batch and walks every sequence at
+    every step. Every decoding sequence gains one token per decode step, so a sequence's
+    ``generated`` is kept as of the step count ``synced_at`` and brought up to date only when read;
+    the steps at which it next needs a KV block and at which its output is complete are known when
+    it starts decoding, and wait in two heaps; the decoding sequences' KV read is kept as a running
+    sum. The running batch is a dict in admission order (``popitem`` takes the most recently
+    admitted sequence, the preemption victim), the prefilling sequences a list in the same order."""
+    bt = cfg.block_tokens
+    total_blocks = kv_tokens // bt
+    free = total_blocks
+    watermark = int(cfg.kv_watermark_fraction * total_blocks)  # blocks admission leaves free
+    waiting: deque[_Seq] = deque()
+    running: dict[int, _Seq] = {}  # ticket -> sequence, in admission order
+    prefilling: list[_Seq] = []  # running sequences still (re)computing their context, same order
+    n_decode = 0  # running sequences that decode
+    kv_base = 0  # sum over them of prompt + generated - synced_at: their KV read is kv_base + n_decode x steps
+    steps = 0  # decode steps run: every decoding sequence gains a token in each
+    block_due: list[tuple[int, int, int, _Seq]] = []  # (step count at which it needs a block, ticket, version, seq)
+    output_due: list[tuple[int, int, int, _Seq]] = []  # (step count at which its output is complete, ...)
+    tickets = 0
+    now, i = 0.0, 0
+
+    def sync(s: _Seq) -> None:
+        s.generated += steps - s.synced_at
+        s.synced_at = steps
+
+    def push_block_due(s: _Seq) -> None:
+        # its next token needs a block once prompt + generated + 1 > blocks x bt
+        heapq.heappush(block_due, (s.blocks * bt - s.prompt - s.generated + s.synced_at, s.ticket, s.version, s))
+
+    def start_decoding(s: _Seq) -> None:
+        nonlocal n_decode, kv_base
+        s.decoding, s.synced_at = True, steps
+        n_decode += 1
+        kv_base += s.prompt + s.generated - steps
+        push_block_due(s)
+        heapq.heappush(output_due, (s.rec.request.output_tokens - s.generated + steps, s.ticket, s.version, s))
+
+    def stop_decoding(s: _Seq) -> None:
+        nonlocal n_decode, kv_base
+        sync(s)
+        kv_base -= s.prompt + s.generated - s.synced_at
+        n_decode -= 1
+        s.decoding = False
+        s.version += 1  # its queued events no longer apply
+
+    while True:
+        n = len(reqs)
+        i = _take_arrivals(reqs, records, i, now, waiting)
+        if not waiting and not running:
+            if i < n:
+                now = reqs[i].arrival_s
+                continue
+            if not (yield None):  # idle until another arrival
+                return now
+            continue
+        # admission (FIFO): the prompt's KV blocks must be free
+        while waiting and len(running) < cfg.max_num_seqs:
+            s = waiting[0]
+            need = _admission_blocks(s, free, total_blocks, watermark, cfg, kv_tokens)
+            if need is None:  # rejected
+                waiting.popleft()
+                continue
+            if not need:
+                break
+            waiting.popleft()
+            free -= need
+            s.blocks, s.active = need, True
+            tickets += 1
+            s.ticket = tickets
+            running[tickets] = s
+            prefilling.append(s)
+        # decoding sequences whose next token needs a block, in admission order
+        due: list[_Seq] = []
+        while block_due and block_due[0][0] <= steps:
+            _, _, version, s = heapq.heappop(block_due)
+            if s.decoding and s.version == version:
+                due.append(s)
+        due.sort(key=lambda q: q.ticket)
+        for s in due:
+            if not s.active:
+                continue
+            sync(s)
+            need = _blocks(s.context + 1, bt) - s.blocks
+            while need > free and s.active:
+                _, victim = running.popitem()  # the most recently admitted sequence
+                free += victim.blocks
+                victim.blocks = 0
+                victim.active = False
+                if victim.decoding:
+                    stop_decoding(victim)
+                else:
+                    prefilling.pop()  # the last of the running batch is the last prefilling one
+                victim.prefill_target, victim.done = victim.context, 0
+                victim.rec.preemptions += 1
+                stats.preemptions += 1
+                waiting.appendleft(victim)
+            if s.active:
+                free -= need
+                s.blocks += need
+                push_block_due(s)
+        # prefill-first steps: the decodes' tokens do not take the budget
+        budget = cfg.max_num_batched_tokens - (n_decode if cfg.mixed_steps else 0)
+        chunks = _prefill_chunks(prefilling, budget, n_decode > 0, cfg)
+        # vLLM V0's default scheduler: a step with prompts to prefill runs only them
+        decoding = n_decode if not (chunks and not cfg.mixed_steps) else 0
+        if not n_decode and not chunks:  # nothing schedulable (all blocked): wait for the next arrival
+            if i < n:
+                now = max(now, reqs[i].arrival_s)
+                continue
+            if (yield None):  # another arrival may unblock it
+                continue
+            for s in list(waiting):  # cannot ever be served
+                s.rec.rejected = s.rec.rejected or "KV cache too small for this request"
+            return now
+        kv_read = kv_base + n_decode * steps if decoding else 0
+        dt = cost.step_s(StepShape(tuple((t, s.done) for s, t in chunks), kv_read, decoding, 0))
+        now += dt
+        stats.steps += 1
+        stats.busy_s += dt
+        stats.max_batch_seen = max(stats.max_batch_seen, decoding + len(chunks))
+        finished: list[_Seq] = []
+        if decoding:
+            steps += 1
+            while output_due and output_due[0][0] <= steps:
+                _, _, version, s = heapq.heappop(output_due)
+                if s.decoding and s.version == version:
+                    finished.append(s)
+        started: list[_Seq] = []
+        for s, t in chunks:
+            s.done += t
+            if s.done >= s.prefill_target:
+                s.generated += 1
+                if s.rec.first_token_s is None:
+                    s.rec.first_token_s = now
+                (finished if s.generated >= s.rec.request.output_tokens else started).append(s)
+        if started or finished:
+            prefilling = [s for s in prefilling if s.done < s.prefill_target]
+        for s in started:
+            start_decoding(s)
+        if finished:
+            stats.finished += len(finished)
+            for s in finished:
+                s.rec.finish_s = now
+                if s.decoding:
+                    stop_decoding(s)
+                s.active = False
+                free += s.blocks
+                s.blocks = 0
+                del running[s.ticket]
         yield now
 
 
