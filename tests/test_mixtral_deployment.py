@@ -93,3 +93,25 @@ def test_offline_run_as_long_as_loadgens_loses_under_one_percent_to_its_drain_ta
     tail = rep.output_tokens_per_s / rep.saturated_output_tokens_per_s
     assert 0.99 < tail < 1.0
     assert rep.output_tokens_per_s * gpus == pytest.approx(log["offline_tokens_per_s"], rel=0.03)
+
+
+def test_a_least_pending_deployments_search_simulates_its_replicas_together(monkeypatch):
+    # NVIDIA's TensorRT-LLM deployments route Server requests to the least busy engine
+    # (deployments.yaml server_routing): a probe of the QPS search then simulates
+    # LEAST_PENDING_PROBE_REPLICAS replicas fed their share of one stream and scales their rates to
+    # the system. llama2-70b on 16 H100s is 8 TP2 replicas: 4 simulated, rates x2. Probes shortened
+    # to 60 s of arrivals and the search to 5 steps to keep the test short.
+    import mtiasim.serving.mlperf as m
+
+    monkeypatch.setattr(m, "SERVER_MIN_DURATION_S", 60.0)
+    assert deployment("llama2-70b", "h100-sxm-80gb", mlperf_round="v4.1")["server_routing"] == "least_pending"
+    assert deployment("llama2-70b", "mi300x", mlperf_round="v4.1")["server_routing"] == "round_robin"
+    lp = predict_llm("llama2-70b", "h100-sxm-80gb:16", "Server", mlperf_round="v4.1", search_steps=5)
+    rr = predict_llm("llama2-70b", "h100-sxm-80gb:16", "Server", mlperf_round="v4.1", search_steps=5,
+                     routing="round_robin")
+    assert lp.meets_bounds and rr.meets_bounds
+    assert any("4 of the 8 data-parallel replicas simulated together" in n for n in lp.report.notes)
+    assert lp.report.dp == 8 and lp.report.completed == lp.report.requests
+    assert not any("together" in n for n in rr.report.notes)
+    # both searches find the same capacity to within their resolution (cap / 2**5 = 3%)
+    assert lp.samples_per_s == pytest.approx(rr.samples_per_s, rel=0.07)
