@@ -465,7 +465,7 @@ def _continuous_loop(reqs: list[Request], records: list[RequestRecord], cost: LL
         budget = cfg.max_num_batched_tokens - (n_decode if cfg.mixed_steps else 0)
         chunks = _prefill_chunks(prefilling, budget, n_decode > 0, cfg)
         # vLLM V0's default scheduler: a step with prompts to prefill runs only them
-        decoding = n_decode if not (chunks and not cfg.mixed_steps) else 0
+        decoding = 0 if chunks and not cfg.mixed_steps else n_decode
         if not n_decode and not chunks:  # nothing schedulable (all blocked): wait for the next arrival
             if i < n:
                 now = max(now, reqs[i].arrival_s)

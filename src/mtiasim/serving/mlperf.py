@@ -175,7 +175,7 @@ def deployment_round(benchmark: str, mlperf_round: str | None) -> str | None:
     return r if r and r in _data("deployments.yaml").get(base, {}).get("rounds", {}) else None
 
 
-def _one_replica_scaled(rep: ServingReport, plan, system_name: str, note: str, replicas: int = 1) -> ServingReport:
+def _replicas_scaled(rep: ServingReport, plan, system_name: str, note: str, replicas: int = 1) -> ServingReport:
     """A run of ``replicas`` of ``plan.dp`` identical data-parallel replicas as the whole system's
     report: counts and rates times ``plan.dp / replicas``, latencies as they are."""
     if plan.dp == replicas:
@@ -440,7 +440,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         n = max(-(-n_offline // p.dp), OFFLINE_BATCHES_PER_LANE * sched.max_num_seqs * p.pp)
         one = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep})
         rep = serve_llm(info["model"], one, qps=None, requests=n, **{**kw, "tp": p.tp, "pp": p.pp})
-        return _one_replica_scaled(rep, p, sysspec.name, f"Offline: one of the {p.dp} data-parallel replicas "
+        return _replicas_scaled(rep, p, sysspec.name, f"Offline: one of the {p.dp} data-parallel replicas "
                                                          f"simulated ({n:,} requests)")
 
     def probe(rate: float, seed: int = seed) -> ServingReport:
@@ -456,7 +456,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
             group = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep * g})
             rep = serve_llm(info["model"], group, qps=rate * g / p.dp, requests=n * g, slo=slo, warmup_fraction=0.5,
                             routing=routing, **{**kw, "seed": seed, "tp": p.tp, "pp": p.pp})
-            scaled = _one_replica_scaled(rep, p, sysspec.name, f"Server probe: {g} of the {p.dp} data-parallel "
+            scaled = _replicas_scaled(rep, p, sysspec.name, f"Server probe: {g} of the {p.dp} data-parallel "
                                          f"replicas simulated together ({n * g:,} requests), each request to the "
                                          "one with the fewest in flight", replicas=g)
             return scaled.model_copy(update={"qps": rate})
@@ -466,7 +466,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
         one = sysspec.model_copy(update={"count": p.tp * p.pp * p.ep})
         rep = serve_llm(info["model"], one, qps=rate / p.dp, request_list=mine, slo=slo, warmup_fraction=0.5,
                         **{**kw, "tp": p.tp, "pp": p.pp})
-        scaled = _one_replica_scaled(rep, p, sysspec.name, f"Server probe: one of the {p.dp} data-parallel "
+        scaled = _replicas_scaled(rep, p, sysspec.name, f"Server probe: one of the {p.dp} data-parallel "
                                                            f"replicas simulated ({n:,} requests)")
         return scaled.model_copy(update={"qps": rate})
 
