@@ -50,14 +50,19 @@ def step_cost(model: str, system: SystemSpec, tp: int, dtype: str | None, kv_dty
 
 def plan_serving(model: str, system: SystemSpec, *, tp: int | None = None, pp: int | None = None,
                  dtype: str | None = None, kv_dtype: str | None = None, ep: int = 1,
-                 stack: str | None = None, kv_memory_fraction: float | None = None) -> LLMPlan:
+                 stack: str | None = None, kv_memory_fraction: float | None = None,
+                 scheduler: SchedulerConfig | None = None) -> LLMPlan:
     """The layout ``serve_llm`` runs ``model`` with on ``system``: tp x pp (x ep) chips per
     replica (given, or the fewest that hold the weights and a minimum KV cache), the rest data
-    parallel. ``kv_memory_fraction``: the share of the memory left after the weights that holds
-    the KV cache (default: data/calibration/serving.yaml)."""
+    parallel. ``kv_memory_fraction``: the share of the memory left after the weights and the
+    step workspace of ``scheduler``'s largest step (default_scheduler() if None) that holds the
+    KV cache (default: data/calibration/serving.yaml)."""
     check_expert_parallel(model, ep)
+    sched = scheduler or default_scheduler()
     return plan_llm(lambda t, p: step_cost(model, system, t, dtype, kv_dtype, p, ep, stack), system.load_chip(),
-                    system.count, tp=tp, pp=pp, model=model, ep=ep, kv_memory_fraction=kv_memory_fraction)
+                    system.count, tp=tp, pp=pp, model=model, ep=ep, kv_memory_fraction=kv_memory_fraction,
+                    step_tokens=max(sched.max_num_batched_tokens, sched.max_num_seqs * sched.beams),
+                    step_seqs=sched.max_num_seqs * sched.beams)
 
 
 class Percentiles(BaseModel):
@@ -188,7 +193,7 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     sysspec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     sched = scheduler or default_scheduler()
     plan = plan_serving(model, sysspec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, ep=ep, stack=stack,
-                        kv_memory_fraction=kv_memory_fraction)
+                        kv_memory_fraction=kv_memory_fraction, scheduler=sched)
     cost = step_cost(model, sysspec, plan.tp, dtype, kv_dtype, plan.pp, ep, stack)
     reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)

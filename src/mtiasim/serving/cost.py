@@ -122,6 +122,44 @@ class LLMStepCost:
         lives on the one chip of the ep group that runs its attention (amortised over the group)."""
         return 2 * (self.layers // self.pp) * self.kv_heads * self.cfg["head_dim"] * nbytes(self.kv_dtype) / self.ep
 
+    def activation_bytes_per_chip(self, tokens: int, seqs: int) -> float:
+        """Bytes of intermediate tensors a chip holds while it runs a step of up to ``tokens``
+        tokens for up to ``seqs`` sequences: the serving runtime sizes this workspace for its
+        largest step at start-up, before the KV cache takes its share of what is left.
+
+        One layer's worth: a runtime reuses the tensors of one layer for the next (TensorRT
+        computes the engine's activation memory at build time from the largest step, and "only 1
+        block's memory is needed", TensorRT-LLM docs/source/reference/memory.md; vLLM profiles a
+        step of max_num_batched_tokens the same way before it sizes its cache). Per token, in the
+        activation dtype: the residual stream, plus the larger of
+        - attention: the normed input, the Q/K/V projections, the attention output and the
+          output projection's result;
+        - a dense MLP: the normed input, the up (and gate) projections, the activated
+          intermediate and the down projection's result;
+        - an MoE: the buffers TensorRT-LLM's CUTLASS MoE runner asks for
+          (``CutlassMoeFCRunner::getWorkspaceSize`` in cpp/tensorrt_llm/kernels/mixtureOfExperts/
+          moe_kernels.cu): top_k copies of the permuted input, the gated FC1 output (2 x ffn),
+          the activated FC1 result, the FC2 result and the output (the router's logits, a few
+          bytes per token, are left out).
+        With tensor parallelism the heads and the FFN are split; with expert parallelism a chip
+        runs 1/ep of the step's tokens. Plus the fp32 logits of each sequence's last token over
+        the chip's share of the vocabulary.
+        An estimate from the tensor shapes: kernels' own workspaces, allocator fragmentation and
+        the CUDA context are not counted."""
+        c, b = self.cfg, nbytes(self.act_dtype)
+        n = math.ceil(tokens / self.ep)
+        h, hd, f = c["hidden"], c["head_dim"], self.shard["ffn"]
+        gated = c.get("act") == "swiglu"
+        attention = h + (self.heads + 2 * self.kv_heads) * hd + self.heads * hd + h
+        k, experts = c.get("top_k", 0), c.get("n_experts", 0)
+        if experts:
+            mlp = h + k * h + k * (2 if gated else 1) * f + k * f + k * h + h
+        else:
+            mlp = h + (2 if gated else 1) * f + f + h
+        per_token = (h + max(attention, mlp)) * b
+        logits = seqs * self.shard["vocab"] * 4.0
+        return n * per_token + logits
+
     # ---- grids -----------------------------------------------------------------------------
     def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
         """(non-attention time, attention time) of a shard with ``n_layers`` layers over ``tokens`` tokens."""

@@ -420,7 +420,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     @lru_cache(maxsize=1)
     def plan():
         return plan_serving(info["model"], sysspec, tp=kw["tp"], pp=kw["pp"], dtype=kw["dtype"],
-                            kv_dtype=kw["kv_dtype"], stack=kw["stack"], kv_memory_fraction=kw["kv_memory_fraction"])
+                            kv_dtype=kw["kv_dtype"], stack=kw["stack"], kv_memory_fraction=kw["kv_memory_fraction"],
+                            scheduler=sched)
 
     def run(rate: float | None, seed: int = seed) -> ServingReport:
         if rate is None and requests is None:

@@ -34,23 +34,30 @@ class LLMPlan:
     chip_memory_bytes: float
     pp: int = 1
     ep: int = 1
+    activation_bytes_per_chip: float = 0.0  # the runtime's step workspace, set aside before the KV cache
 
     def describe(self) -> str:
         pp = f" x PP={self.pp}" if self.pp > 1 else ""
         ep = f" x EP={self.ep}" if self.ep > 1 else ""
-        return (f"TP={self.tp}{pp}{ep} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip, "
+        act = f", step workspace {self.activation_bytes_per_chip / 1e9:.1f} GB/chip" if self.activation_bytes_per_chip else ""
+        return (f"TP={self.tp}{pp}{ep} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip{act}, "
                 f"KV cache {self.kv_capacity_tokens:,} tokens per replica")
 
 
 def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp: int | None = None,
              min_kv_tokens: int = 2048, model: str = "model", ep: int = 1,
-             kv_memory_fraction: float | None = None) -> LLMPlan:
+             kv_memory_fraction: float | None = None, step_tokens: int = 0, step_seqs: int = 0) -> LLMPlan:
     """The fewest chips per replica (tensor-parallel degree x pipeline stages, powers of two
     dividing ``count``; more TP before more stages, as TP stays within a scale-up domain and
     cuts latency) whose shard and a minimum KV cache (``min_kv_tokens``, one long request) fit in
     a chip's memory; the other chips form data-parallel replicas. ``cost_for(tp, pp)`` gives the
     step-cost model of one shard. With ``ep`` > 1 a replica is ``ep`` such shards that split the
-    experts of an MoE (its KV capacity is the group's)."""
+    experts of an MoE (its KV capacity is the group's).
+
+    The KV cache gets ``kv_memory_fraction`` of what the weights and the runtime's step
+    workspace leave (``cost.activation_bytes_per_chip(step_tokens, step_seqs)``: the
+    intermediate tensors of the largest step the scheduler runs, which TensorRT-LLM's engine and
+    vLLM's profiling run set aside before the cache is sized). ``step_tokens`` = 0: none."""
     cap = chip.dram.capacity_bytes.value or 0.0
     frac = kv_memory_fraction if kv_memory_fraction is not None else serving_calibration()["kv_memory_fraction"].value
     if not 0.0 < frac <= 1.0:
@@ -70,12 +77,14 @@ def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp:
         except ValueError as e:
             tried.append(f"{label}: {e}")
             continue
-        free = (cap - cost.weight_bytes_per_chip) * frac
+        act = cost.activation_bytes_per_chip(step_tokens, step_seqs) if step_tokens else 0.0
+        free = (cap - cost.weight_bytes_per_chip - act) * frac
         kv_tokens = int(free // cost.kv_bytes_per_token_per_chip) if free > 0 else 0
         if kv_tokens >= min_kv_tokens:
-            return LLMPlan(t, count // (t * p * ep), cost.weight_bytes_per_chip, kv_tokens, cap, p, ep)
-        tried.append(f"{label}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip + KV for {min_kv_tokens} "
+            return LLMPlan(t, count // (t * p * ep), cost.weight_bytes_per_chip, kv_tokens, cap, p, ep, act)
+        workspace = f" + step workspace {act / 1e9:.1f} GB" if act else ""
+        tried.append(f"{label}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip{workspace} + KV for {min_kv_tokens} "
                      f"tokens ({min_kv_tokens * cost.kv_bytes_per_token_per_chip / 1e9:.2f} GB) > "
-                     f"{frac:.0%} of {cap / 1e9:.0f} GB free for the cache")
+                     f"{frac:.0%} of the {cap / 1e9:.0f} GB left for the cache")
     raise DoesNotFit(f"{model} does not fit on {chip.name}:{count}: " + "; ".join(tried[:4])
                      + (f"; ... ({len(tried)} layouts tried)" if len(tried) > 4 else ""))
