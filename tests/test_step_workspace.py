@@ -35,17 +35,35 @@ def test_tensor_parallel_workspace_by_hand():
     assert cost.activation_bytes_per_chip(4096, 896) == 553_648_128 + 57_344_000
 
 
-def test_kv_cache_gets_its_fraction_of_what_weights_and_workspace_leave():
+def test_kv_cache_gets_its_fraction_of_what_weights_workspace_and_runtime_leave():
     sched = default_scheduler(max_num_seqs=896, max_num_batched_tokens=16_384)
     kw = dict(tp=1, pp=1, dtype="fp8", kv_dtype="fp8", stack="tensorrt-llm", kv_memory_fraction=0.9)
     plan = plan_serving("mixtral-8x7b", ONE_H100, scheduler=sched, **kw)
     cost = step_cost("mixtral-8x7b", ONE_H100, 1, "fp8", "fp8", 1, 1, "tensorrt-llm")
     act = cost.activation_bytes_per_chip(16_384, 896)
-    expected = int((plan.chip_memory_bytes - cost.weight_bytes_per_chip - act) * 0.9
+    runtime = cost.runtime_memory_bytes_per_chip
+    assert runtime == 3.8e9  # TensorRT-LLM's runtime_memory_bytes (gpu.yaml, fitted on NVIDIA's Mixtral log)
+    expected = int((plan.chip_memory_bytes - cost.weight_bytes_per_chip - act - runtime) * 0.9
                    // cost.kv_bytes_per_token_per_chip)
     assert plan.kv_capacity_tokens == expected
-    assert plan.activation_bytes_per_chip == act
-    assert "step workspace 3.9 GB/chip" in plan.describe()
+    # 85.02 GB - 46.70 weights - 3.87 workspace - 3.80 runtime = 30.64 GB; x 0.9 / 65,536 B per token
+    assert plan.kv_capacity_tokens == 420_802
+    assert plan.activation_bytes_per_chip == act and plan.runtime_memory_bytes_per_chip == runtime
+    assert "step workspace 3.9 GB/chip, runtime 3.8 GB/chip" in plan.describe()
+
+
+def test_runtime_memory_belongs_to_the_stack():
+    # vLLM sizes its cache after a profiling run and has no runtime_memory_bytes of its own here:
+    # the same engine limits leave it 3.8 GB x 0.9 more cache than TensorRT-LLM on the same chip
+    sched = default_scheduler(max_num_seqs=896, max_num_batched_tokens=16_384)
+    kw = dict(tp=1, pp=1, dtype="fp8", kv_dtype="fp8", kv_memory_fraction=0.9, scheduler=sched)
+    trt = plan_serving("mixtral-8x7b", ONE_H100, stack="tensorrt-llm", **kw)
+    vllm = plan_serving("mixtral-8x7b", ONE_H100, stack="vllm", **kw)
+    assert vllm.runtime_memory_bytes_per_chip == 0.0
+    per_token = step_cost("mixtral-8x7b", ONE_H100, 1, "fp8", "fp8", 1, 1, "vllm").kv_bytes_per_token_per_chip
+    assert vllm.kv_capacity_tokens - trt.kv_capacity_tokens == pytest.approx(3.8e9 * 0.9 / per_token, abs=1)
+    # a chip timed by the analytical engine (MTIA) carries no GPU stack's runtime memory
+    assert step_cost("llama2-7b", SystemSpec.parse("mtia-400:1"), 1, "bf16").runtime_memory_bytes_per_chip == 0.0
 
 
 def test_a_larger_step_never_leaves_more_kv_cache():

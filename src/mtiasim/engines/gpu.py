@@ -61,6 +61,9 @@ class Stack(BaseModel):
     # (GEMMs and attention), where it differs from the measured kernels'
     # (``kernel.compute_memory_overlap``); 0: one after the other
     compute_memory_overlap: Share | None = None
+    # device memory the serving runtime holds besides the weights, the KV cache and its step
+    # workspace (LLMStepCost.activation_bytes_per_chip), taken before the cache's fraction applies
+    runtime_memory_bytes: CalValue | None = None
 
 
 class KernelCalibration(BaseModel):

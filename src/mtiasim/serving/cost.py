@@ -160,6 +160,19 @@ class LLMStepCost:
         logits = seqs * self.shard["vocab"] * 4.0
         return n * per_token + logits
 
+    @property
+    def runtime_memory_bytes_per_chip(self) -> float:
+        """Device memory the serving runtime holds on each chip besides weights, KV cache and step
+        workspace (its software stack's ``runtime_memory_bytes``, data/calibration/gpu.yaml; 0
+        where the stack or chip has none)."""
+        if self.engine != "gpu":
+            return 0.0
+        from mtiasim.engines.gpu import gpu_calibration
+
+        cal = gpu_calibration()
+        st = cal.stacks.get(self.engine_options.get("stack", cal.default_stack))
+        return float(st.runtime_memory_bytes.value) if st is not None and st.runtime_memory_bytes else 0.0
+
     # ---- grids -----------------------------------------------------------------------------
     def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
         """(non-attention time, attention time) of a shard with ``n_layers`` layers over ``tokens`` tokens."""

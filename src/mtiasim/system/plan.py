@@ -35,11 +35,14 @@ class LLMPlan:
     pp: int = 1
     ep: int = 1
     activation_bytes_per_chip: float = 0.0  # the runtime's step workspace, set aside before the KV cache
+    runtime_memory_bytes_per_chip: float = 0.0  # what else the runtime holds (its stack's runtime_memory_bytes)
 
     def describe(self) -> str:
         pp = f" x PP={self.pp}" if self.pp > 1 else ""
         ep = f" x EP={self.ep}" if self.ep > 1 else ""
         act = f", step workspace {self.activation_bytes_per_chip / 1e9:.1f} GB/chip" if self.activation_bytes_per_chip else ""
+        if self.runtime_memory_bytes_per_chip:
+            act += f", runtime {self.runtime_memory_bytes_per_chip / 1e9:.1f} GB/chip"
         return (f"TP={self.tp}{pp}{ep} x DP={self.dp}; weights {self.weight_bytes_per_chip / 1e9:.1f} GB/chip{act}, "
                 f"KV cache {self.kv_capacity_tokens:,} tokens per replica")
 
@@ -57,7 +60,8 @@ def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp:
     The KV cache gets ``kv_memory_fraction`` of what the weights and the runtime's step
     workspace leave (``cost.activation_bytes_per_chip(step_tokens, step_seqs)``: the
     intermediate tensors of the largest step the scheduler runs, which TensorRT-LLM's engine and
-    vLLM's profiling run set aside before the cache is sized). ``step_tokens`` = 0: none."""
+    vLLM's profiling run set aside before the cache is sized) and what else the runtime holds
+    (``cost.runtime_memory_bytes_per_chip``). ``step_tokens`` = 0: no step workspace."""
     cap = chip.dram.capacity_bytes.value or 0.0
     frac = kv_memory_fraction if kv_memory_fraction is not None else serving_calibration()["kv_memory_fraction"].value
     if not 0.0 < frac <= 1.0:
@@ -78,11 +82,13 @@ def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp:
             tried.append(f"{label}: {e}")
             continue
         act = cost.activation_bytes_per_chip(step_tokens, step_seqs) if step_tokens else 0.0
-        free = (cap - cost.weight_bytes_per_chip - act) * frac
+        runtime = cost.runtime_memory_bytes_per_chip
+        free = (cap - cost.weight_bytes_per_chip - act - runtime) * frac
         kv_tokens = int(free // cost.kv_bytes_per_token_per_chip) if free > 0 else 0
         if kv_tokens >= min_kv_tokens:
-            return LLMPlan(t, count // (t * p * ep), cost.weight_bytes_per_chip, kv_tokens, cap, p, ep, act)
+            return LLMPlan(t, count // (t * p * ep), cost.weight_bytes_per_chip, kv_tokens, cap, p, ep, act, runtime)
         workspace = f" + step workspace {act / 1e9:.1f} GB" if act else ""
+        workspace += f" + runtime {runtime / 1e9:.1f} GB" if runtime else ""
         tried.append(f"{label}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip{workspace} + KV for {min_kv_tokens} "
                      f"tokens ({min_kv_tokens * cost.kv_bytes_per_token_per_chip / 1e9:.2f} GB) > "
                      f"{frac:.0%} of the {cap / 1e9:.0f} GB left for the cache")
