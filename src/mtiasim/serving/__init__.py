@@ -54,9 +54,9 @@ def plan_serving(model: str, system: SystemSpec, *, tp: int | None = None, pp: i
                  scheduler: SchedulerConfig | None = None) -> LLMPlan:
     """The layout ``serve_llm`` runs ``model`` with on ``system``: tp x pp (x ep) chips per
     replica (given, or the fewest that hold the weights and a minimum KV cache), the rest data
-    parallel. ``kv_memory_fraction``: the share of the memory left after the weights and the
-    step workspace of ``scheduler``'s largest step (default_scheduler() if None) that holds the
-    KV cache (default: data/calibration/serving.yaml)."""
+    parallel. ``kv_memory_fraction``: the share of the memory left after the weights, the step
+    workspace of ``scheduler``'s largest step (default_scheduler() if None) and the software
+    stack's own runtime memory that holds the KV cache (default: data/calibration/serving.yaml)."""
     check_expert_parallel(model, ep)
     sched = scheduler or default_scheduler()
     return plan_llm(lambda t, p: step_cost(model, system, t, dtype, kv_dtype, p, ep, stack), system.load_chip(),

@@ -91,6 +91,6 @@ def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp:
         workspace += f" + runtime {runtime / 1e9:.1f} GB" if runtime else ""
         tried.append(f"{label}: weights {cost.weight_bytes_per_chip / 1e9:.1f} GB/chip{workspace} + KV for {min_kv_tokens} "
                      f"tokens ({min_kv_tokens * cost.kv_bytes_per_token_per_chip / 1e9:.2f} GB) > "
-                     f"{frac:.0%} of the {cap / 1e9:.0f} GB left for the cache")
+                     f"{frac:.0%} of the {max(free / frac, 0.0) / 1e9:.1f} GB the chip's {cap / 1e9:.0f} GB leave")
     raise DoesNotFit(f"{model} does not fit on {chip.name}:{count}: " + "; ".join(tried[:4])
                      + (f"; ... ({len(tried)} layouts tried)" if len(tried) > 4 else ""))
