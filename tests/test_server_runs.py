@@ -84,3 +84,50 @@ def test_a_search_whose_first_load_fails_bisects_below_it(monkeypatch):
     assert p.qps == 0.1 and p.meets_bounds is False
     note = p.report.notes[-1]
     assert "no load down to 0.0195 queries/s" in note and "TTFT p99 5 s > bound 2 s" in note
+
+
+def _traced_loads(monkeypatch):
+    """Patch reliable_run to record the load of each probe (its first run's offered rate)."""
+    import mtiasim.serving.mlperf as m
+
+    loads, orig = [], m.reliable_run
+
+    def traced(run_at, ok, slack, seed, **kw):
+        def first(s):
+            r = run_at(s)
+            if s == seed:
+                loads.append(r.qps)
+            return r
+        return orig(first, ok, slack, seed, **kw)
+
+    monkeypatch.setattr(m, "reliable_run", traced)
+    return loads
+
+
+def test_a_server_search_whose_cap_passes_probes_only_the_cap(monkeypatch):
+    """The search probes the Offline rate (no server outruns it) first; where that load meets the
+    bounds it is the answer and nothing below it is probed (llama2-70b on one TP2 pair of H100s,
+    800-request runs: p99 TPOT ~150 ms of 200, TTFT well under 2 s)."""
+    kw = dict(requests=800, mlperf_round="v4.1")
+    cap = predict_llm("llama2-70b-99", "h100-sxm-80gb:2", "Offline", **kw).samples_per_s
+    loads = _traced_loads(monkeypatch)
+    p = predict_llm("llama2-70b-99", "h100-sxm-80gb:2", "Server", search_steps=6, **kw)
+    # one probe at the cap (plus, when a single run passed it by a wide margin, the median of
+    # SERVER_RUNS runs completed at the same load), none below it
+    assert loads[0] == cap and set(loads) == {cap} and len(loads) <= 2
+    assert p.qps == cap and p.meets_bounds
+
+
+def test_a_server_search_whose_cap_fails_bisects_below_it(monkeypatch):
+    """With bounds no run can meet (1 us TTFT), the cap fails and the search bisects below it:
+    search_steps more probes, each at half the last load (every one fails)."""
+    import mtiasim.serving.mlperf as m
+
+    real = m._slo
+    monkeypatch.setattr(m, "_slo", lambda b, s: {**real(b, s), "ttft_p99_s": 1e-6})
+    kw = dict(requests=400, mlperf_round="v4.1")
+    loads = _traced_loads(monkeypatch)
+    p = predict_llm("llama2-70b-99", "h100-sxm-80gb:2", "Server", search_steps=3, **kw)
+    cap = loads[0]
+    assert loads == [cap, cap / 2, cap / 4, cap / 8]
+    assert not p.meets_bounds
