@@ -164,14 +164,17 @@ class LLMStepCost:
     def runtime_memory_bytes_per_chip(self) -> float:
         """Device memory the serving runtime holds on each chip besides weights, KV cache and step
         workspace (its software stack's ``runtime_memory_bytes``, data/calibration/gpu.yaml; 0
-        where the stack or chip has none)."""
+        where the stack declares none or the chip is not timed by the gpu engine)."""
         if self.engine != "gpu":
             return 0.0
         from mtiasim.engines.gpu import gpu_calibration
 
         cal = gpu_calibration()
-        st = cal.stacks.get(self.engine_options.get("stack", cal.default_stack))
-        return float(st.runtime_memory_bytes.value) if st is not None and st.runtime_memory_bytes else 0.0
+        name = self.engine_options.get("stack", cal.default_stack)
+        if name not in cal.stacks:
+            raise ValueError(f"unknown software stack '{name}'; calibrated: {', '.join(cal.stacks)}")
+        mem = cal.stacks[name].runtime_memory_bytes
+        return float(mem.value) if mem is not None else 0.0
 
     # ---- grids -----------------------------------------------------------------------------
     def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
