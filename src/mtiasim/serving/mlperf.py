@@ -66,10 +66,10 @@ SERVER_PROBE_QUERIES = (20_000, 2_000_000)
 SERVER_PROBE_BATCHES = 100_000
 #: independent runs (arrival streams drawn with seeds seed, seed+1, ...) that must each meet the
 #: bounds for an LLM Server search to accept a load; each latency percentile reported at the
-#: accepted load is that percentile's median over the runs (``median_report``). Near the knee one run's p99 TTFT is a draw from a wide distribution: the
-#: v4.1 Mixtral Server rows (the same TensorRT-LLM configs on 8 H100-SXM, loads within 1.1% of
-#: each other) report p99 TTFTs from 421 to 1,908 ms, and the model's runs at one load spread as
-#: widely (BENCHMARKS.md, session 26). A load that passes once by luck is not a result a submitter
+#: accepted load is that percentile's median over the runs (``median_report``). Near the knee one
+#: run's p99 TTFT is a draw from a wide distribution: the v4.1 Mixtral Server rows (the same
+#: TensorRT-LLM configs on 8 H100-SXM, loads within 1.1% of each other) report p99 TTFTs from 421
+#: to 1,908 ms, and the model's runs at one load spread as widely (BENCHMARKS.md, session 26). A load that passes once by luck is not a result a submitter
 #: can publish: it has to pass again in the tuning reruns that choose the target QPS and whenever
 #: the result is rerun in review. Requiring all N runs to pass accepts loads whose single-run pass
 #: probability p has p**N >= ~1/2: p >= 0.87 for N = 5 (0.79 for three, sessions 26-27). Five
@@ -82,7 +82,7 @@ SERVER_PROBE_BATCHES = 100_000
 SERVER_RUNS = 5
 #: a run whose tightest p99 is at most this fraction of its bound accepts its load alone, sparing
 #: the search the other runs (speed only: every probe logged in session 26 at such a load had all
-#: its runs within +-25% of each other); the reported result is still the medians of SERVER_RUNS
+#: its runs within +-25% of each other); the reported latencies are still medians over SERVER_RUNS
 #: runs, completed at the accepted load when needed
 SURE_PASS_SLACK = 0.5
 #: the same for the batched benchmarks (dlrm-v2, bert, resnet50): one run. Three were tried
