@@ -68,17 +68,17 @@ SERVER_PROBE_BATCHES = 100_000
 #: bounds for an LLM Server search to accept a load; each latency percentile reported at the
 #: accepted load is that percentile's median over the runs (``median_report``). Near the knee one
 #: run's p99 TTFT is a draw from a wide distribution: the v4.1 Mixtral Server rows (the same
-#: TensorRT-LLM configs on 8 H100-SXM, loads within 1.1% of each other) report p99 TTFTs from 421
-#: to 1,908 ms, and the model's runs at one load spread as widely (BENCHMARKS.md, session 26). A load that passes once by luck is not a result a submitter
-#: can publish: it has to pass again in the tuning reruns that choose the target QPS and whenever
-#: the result is rerun in review. Requiring all N runs to pass accepts loads whose single-run pass
-#: probability p has p**N >= ~1/2: p >= 0.87 for N = 5 (0.79 for three, sessions 26-27). Five
-#: read the submitters' operating points better than three: Mixtral on 4 H100s, whose two logs ran
-#: at 95-96% of their Offline rates with p99 TTFTs of 328-355 ms, is predicted at 412 ms (1,010
-#: with three runs), and the p99 latency MAPE of `mtiasim validate` falls from 28.0% to 26.0%
-#: (BENCHMARKS.md, session 27). Session 26 tried five with a search that re-probed a failing first
-#: load and saw llama3.1-405b's Server row collapse; with plain bisection it lands at 217 tokens/s
-#: (measured 277; 253 with three runs).
+#: TensorRT-LLM configs on 8 H100-SXM, loads within 1.1% of each other) report p99 TTFTs from 421 to
+#: 1,908 ms, and the model's runs at one load spread as widely (BENCHMARKS.md, session 26). A load
+#: that passes once by luck is not a result a submitter can publish: it has to pass again in the
+#: tuning reruns that choose the target QPS and whenever the result is rerun in review. Requiring
+#: all N runs to pass accepts loads whose single-run pass probability p has p**N >= ~1/2: p >= 0.87
+#: for N = 5 (0.79 for three, sessions 26-27). Five read the submitters' operating points better
+#: than three: Mixtral on 4 H100s, whose two logs ran at 95-96% of their Offline rates with p99
+#: TTFTs of 328-355 ms, is predicted at 412 ms (1,010 with three runs), and the p99 latency MAPE of
+#: `mtiasim validate` falls from 28.0% to 26.0% (BENCHMARKS.md, session 27). Session 26 tried five
+#: with a search that re-probed a failing first load and saw llama3.1-405b's Server row collapse;
+#: with plain bisection it lands at 217 tokens/s (measured 277; 253 with three runs).
 SERVER_RUNS = 5
 #: a run whose tightest p99 is at most this fraction of its bound accepts its load alone, sparing
 #: the search the other runs (speed only: every probe logged in session 26 at such a load had all
