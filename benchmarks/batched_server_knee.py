@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtiasim.compiler import CompileOptions
-from mtiasim.serving.mlperf import benchmark_info, deployment, predict_batched
-from mtiasim.serving.ranking import padded_attention, plan_ranking
+from mtiasim.serving.mlperf import batched_cost, predict_batched
 from mtiasim.system.spec import SystemSpec
 
 BATCHES = (16, 32, 64, 128, 256, 512, 1024)
@@ -33,16 +31,9 @@ SEEDS = (0, 1, 2)
 
 
 def per_item_s(benchmark: str, system: SystemSpec, mlperf_round: str) -> dict[int, float]:
-    """Engine seconds per item of an unsorted Server batch of each size in BATCHES."""
-    info = benchmark_info(benchmark)
-    dep = deployment(info["benchmark"], system.chip, high_accuracy=benchmark.endswith("99.9"),
-                     mlperf_round=mlperf_round, scenario="Server")
-    streams = int(dep.get("server_streams", 1))
-    options = CompileOptions(dtype=dep.get("dtype"), act_dtype=dep.get("act_dtype"),
-                             op_dtypes=dep.get("op_dtypes") or {}, fuse_regions=dep.get("fuse_regions") or [],
-                             concurrent_batches=streams)
-    padding = padded_attention(info["model"], dep.get("attention_kernel_seq_lens"), sorted_batches=False)
-    cost = plan_ranking(info["model"], system, options, padding=padding, stack=dep.get("stack"))
+    """Engine seconds per item of a Server batch of each size in BATCHES, as the Server search
+    times it (serving/mlperf.py ``batched_cost``)."""
+    _, _, cost, _ = batched_cost(benchmark, system, "Server", mlperf_round=mlperf_round)
     return {b: cost.batch_s(b) / b for b in BATCHES}
 
 
@@ -55,8 +46,11 @@ def main() -> None:
     system = SystemSpec.parse(args.system)
     for bench in args.benchmarks:
         costs = per_item_s(bench, system, args.round)
-        line = "  ".join(f"{b}: {s * 1e6:.1f}" + (" (rises)" if b > BATCHES[0] and s > costs[prev] else "")
-                         for prev, (b, s) in zip((BATCHES[0], *BATCHES), costs.items()))
+        cells = []
+        for prev, b in zip((None, *BATCHES), BATCHES):
+            rises = prev is not None and costs[b] > costs[prev]
+            cells.append(f"{b}: {costs[b] * 1e6:.1f}" + (" (rises)" if rises else ""))
+        line = "  ".join(cells)
         print(f"{bench} on {system.name} ({args.round}): engine time per item of a Server batch (us)")
         print(f"  {line}")
         cap = predict_batched(bench, system, "Server", mlperf_round=args.round)

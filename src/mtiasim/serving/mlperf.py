@@ -8,6 +8,7 @@ Bounds and deployments (precision, TP, batch limits: software choices) are data,
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
@@ -116,11 +117,8 @@ def reliable_run(run_at: Callable[[int], Any], ok: Callable[[Any], bool], slack:
 
 
 def _median(values: list[float | None]) -> float | None:
-    known = sorted(v for v in values if v is not None)
-    if not known:
-        return None
-    mid = len(known) // 2
-    return known[mid] if len(known) % 2 else (known[mid - 1] + known[mid]) / 2
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def median_report(runs: list[ServingReport]) -> ServingReport:
@@ -258,24 +256,14 @@ def predict(benchmark: str, system: str | SystemSpec, scenario: str = "Offline",
     return predict_batched(benchmark, system, scenario, qps=qps, mlperf_round=mlperf_round, maxq=maxq)
 
 
-def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
-                    qps: float | None = None, queries: int | None = None, search_steps: int = 12,
-                    mlperf_round: str | None = None, maxq: bool = False, seed: int = 0) -> MLPerfPrediction:
-    """MLPerf dlrm-v2, bert, resnet50: Offline = samples/s in full batches of the submitters'
-    batch; Server = the largest query rate whose p99 latency meets the bound, with
-    dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
-    concurrent streams per chip (default 1), with up to ``bundles`` batches in flight
-    (default: the streams). A deployment with ``host_input_bytes_per_item`` copies each batch's
-    inputs from host memory over the chip's host link (at ``host_copy_efficiency`` of its
-    bandwidth, data/calibration/serving.yaml) before it runs; with two or more bundles the copy
-    of one batch overlaps the run of another, so it bounds the throughput only when it is the
-    slower stage (Offline: full batches through the same two stages). ``batch_overhead_s`` is a
-    harness's per-batch time on the stream beside the engine's kernels; ``by_count`` holds settings
-    a submitter gave one system size (e.g. a larger Server batch on one GPU). The Server search
-    accepts a load when BATCHED_SERVER_RUNS runs (arrival seeds ``seed``, ``seed + 1``, ...) all
-    meet the bound and reports the median one."""
+def batched_cost(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
+                 mlperf_round: str | None = None, maxq: bool = False):
+    """(deployment, system, batch-cost model, streams) of a batched benchmark (dlrm-v2, bert,
+    resnet50) as ``predict_batched`` runs it in ``scenario``: the submitters' deployment with the
+    system size's own ``by_count`` settings, the chips capped at a MaxQ power limit, and the
+    engine's batch times (``RankingBatchCost``) for that scenario's batches."""
     from mtiasim.compiler import CompileOptions
-    from mtiasim.serving.ranking import batch_workload, padded_attention, plan_ranking, serve_ranking
+    from mtiasim.serving.ranking import padded_attention, plan_ranking
 
     if scenario not in ("Offline", "Server"):
         raise ValueError(f"{benchmark} has no {scenario} scenario (Offline, Server)")
@@ -296,6 +284,29 @@ def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "O
     # Offline batches are sorted by length, Server batches are not
     padding = padded_attention(info["model"], dep.get("attention_kernel_seq_lens"), sorted_batches=scenario == "Offline")
     cost = plan_ranking(info["model"], sysspec, options, padding=padding, stack=dep.get("stack"))
+    return dep, sysspec, cost, streams
+
+
+def predict_batched(benchmark: str, system: str | SystemSpec, scenario: str = "Offline", *,
+                    qps: float | None = None, queries: int | None = None, search_steps: int = 12,
+                    mlperf_round: str | None = None, maxq: bool = False, seed: int = 0) -> MLPerfPrediction:
+    """MLPerf dlrm-v2, bert, resnet50: Offline = samples/s in full batches of the submitters'
+    batch; Server = the largest query rate whose p99 latency meets the bound, with
+    dynamic batching (``server_batch`` items or ``batch_timeout_s``) onto ``server_streams``
+    concurrent streams per chip (default 1), with up to ``bundles`` batches in flight
+    (default: the streams). A deployment with ``host_input_bytes_per_item`` copies each batch's
+    inputs from host memory over the chip's host link (at ``host_copy_efficiency`` of its
+    bandwidth, data/calibration/serving.yaml) before it runs; with two or more bundles the copy
+    of one batch overlaps the run of another, so it bounds the throughput only when it is the
+    slower stage (Offline: full batches through the same two stages). ``batch_overhead_s`` is a
+    harness's per-batch time on the stream beside the engine's kernels; ``by_count`` holds settings
+    a submitter gave one system size (e.g. a larger Server batch on one GPU). The Server search
+    accepts a load when BATCHED_SERVER_RUNS runs (arrival seeds ``seed``, ``seed + 1``, ...) all
+    meet the bound and reports the median one."""
+    from mtiasim.serving.ranking import batch_workload, serve_ranking
+
+    info = benchmark_info(benchmark)
+    dep, sysspec, cost, streams = batched_cost(benchmark, system, scenario, mlperf_round=mlperf_round, maxq=maxq)
     groups = sysspec.count // cost.shards
     mix, _, _ = batch_workload(info["model"])
     bundles = max(int(dep.get("bundles", 1)), streams)  # every running batch holds a bundle
@@ -402,8 +413,8 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
     replica's SERVER_MIN_DURATION_S of arrivals (``requests`` given: that many over the system),
     and a load passes when SERVER_RUNS runs of it (arrival seeds ``seed``, ``seed + 1``, ...) all
     meet the bounds; each reported latency percentile is its median over the runs
-    (``median_report``). The search probes the Offline rate first and
-    bisects below it (``search_steps`` probes) only when that fails.
+    (``median_report``). The search probes the Offline rate first and bisects below it
+    (``search_steps`` probes) only when that fails.
     With ``qps`` given (Server/Interactive), run 20,000 requests at that load instead of searching
     (e.g. to predict the latencies a submission measured at its load), with percentiles past
     warm-up. ``routing`` (round_robin, least_pending) overrides how the deployment's harness sends
