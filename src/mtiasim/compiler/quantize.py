@@ -29,7 +29,7 @@ FALLBACK: dict[str, list[str]] = {
 }
 
 #: ops whose parameter inputs are stored in the requested (possibly low-precision) format
-QUANTIZED_PARAM_OPS = {"linear", "matmul", "dcn_down", "dcn_up", "moe_router", "moe_expert_up", "moe_expert_down", "embedding",
+QUANTIZED_PARAM_OPS = {"linear", "matmul", "addmm", "conv_nd", "grouped_mm", "dcn_down", "dcn_up", "moe_router", "moe_expert_up", "moe_expert_down", "embedding",
                        "embedding_bag", "tbe", "conv2d"}
 
 

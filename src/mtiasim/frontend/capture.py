@@ -16,9 +16,12 @@ import torch
 import torch.fx
 
 import mtiasim.frontend.custom_ops  # noqa: F401  (registers the fused ops before export)
-from mtiasim.frontend.lowering import IGNORED, RULES
+from mtiasim.frontend.lowering import IGNORED, RULES, UNSUPPORTED
+from mtiasim.frontend.rewrite import rewrite
 from mtiasim.graph.dtypes import from_torch
 from mtiasim.graph.ir import Graph, Node, TensorSpec
+from mtiasim.graph.ops import get_op
+from mtiasim.graph.ops.generic import AtenOp
 
 _KIND = {"PARAMETER": "param", "BUFFER": "buffer", "USER_INPUT": "input", "CONSTANT_TENSOR": "const",
          "CUSTOM_OBJ": "const", "TOKEN": "const"}
@@ -70,6 +73,39 @@ def _template(a: Any, names: dict[str, str]) -> Any:
     return a
 
 
+def _positional(a: Any, order: dict[str, int]) -> Any:
+    """The call's arguments with each tensor as ``('__in__', i)``, ``i`` its position among the
+    node's inputs (``graph/ops/generic.py`` binds them for shape inference and numerics)."""
+    if isinstance(a, torch.fx.Node):
+        return ("__in__", order[a.name])
+    if isinstance(a, (list, tuple)):
+        return type(a)(_positional(x, order) for x in a)
+    if isinstance(a, dict):
+        return {k: _positional(v, order) for k, v in a.items()}
+    if isinstance(a, (torch.dtype, torch.device, torch.layout, torch.memory_format)) or a is None:
+        return a
+    return a
+
+
+def _unlowered(ep: torch.export.ExportedProgram) -> set[Any]:
+    return {n.target for n in ep.graph.nodes if n.op == "call_function"
+            and isinstance(n.target, torch._ops.OpOverload) and _packet(n.target) not in RULES
+            and _packet(n.target) not in IGNORED}
+
+
+def decompose_unlowered(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Ops the IR has no rule for are decomposed by PyTorch's own Core ATen decomposition table,
+    every op with a rule kept whole (``linear`` stays one GEMM, ``scaled_dot_product_attention``
+    one attention). A graph whose ops all have rules is returned unchanged."""
+    if not _unlowered(ep):
+        return ep
+    table = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if _packet(op) in RULES or _packet(op) in IGNORED:
+            del table[op]
+    return ep.run_decompositions(table)
+
+
 def capture(module: torch.nn.Module, example_inputs: Sequence[Any], *, name: str | None = None,
             allow_cpu_fallback: bool = False) -> Graph:
     """Export ``module`` with ``example_inputs`` (meta, fake or real tensors) to an IR :class:`Graph`.
@@ -86,7 +122,7 @@ def capture(module: torch.nn.Module, example_inputs: Sequence[Any], *, name: str
             f"torch.export could not trace {type(module).__name__}: {type(e).__name__}: {first}\n"
             "(data-dependent control flow or shapes cannot be captured statically; see the traceback above)"
         ) from e
-    return lower(ep, name=name or type(module).__name__, allow_cpu_fallback=allow_cpu_fallback)
+    return lower(decompose_unlowered(ep), name=name or type(module).__name__, allow_cpu_fallback=allow_cpu_fallback)
 
 
 def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bool = False) -> Graph:
@@ -146,7 +182,8 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
         rule = RULES.get(packet)
         if rule is None:
             if not allow_cpu_fallback:
-                problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}")
+                why = f": {UNSUPPORTED[packet]}" if packet in UNSUPPORTED else ""
+                problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}{why}")
                 continue
             ins = [names[a.name] for a in n.all_input_nodes if a.name in names]
             nodes.append(Node(n.name, "cpu_fallback", ins, out_names,
@@ -185,6 +222,9 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
             continue
         n_out = 1 if op in ("embedding_bag", "layernorm", "batchnorm", "pool2d") else len(out_names)
         attrs["call"] = call
+        if isinstance(get_op(op), AtenOp):
+            order = {t.name: i for i, t in enumerate(x for x in targs if x is not None)}
+            attrs["op_call"] = (str(n.target), _positional(n.args, order), _positional(dict(n.kwargs), order))
         nodes.append(Node(n.name, op, ins, out_names[:n_out], attrs, src, packet, scope))
 
     if problems:
@@ -194,8 +234,8 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
                if any("data-dependent" not in p for p in problems) else
                "\nShapes that depend on tensor values cannot be simulated statically; make them static.")
         )
-    return Graph(name=name, tensors=tensors, nodes=nodes, inputs=inputs, outputs=outputs,
-                 meta={"targets": targets})
+    return rewrite(Graph(name=name, tensors=tensors, nodes=nodes, inputs=inputs, outputs=outputs,
+                         meta={"targets": targets}))
 
 
 # ---- capture cache ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import torch.fx
 
 from mtiasim.graph.dtypes import from_torch
+from mtiasim.graph.ops.generic import ATEN_TO_GENERIC
 
 Lowered = tuple[str, list[Any], dict[str, Any]]
 Rule = Callable[[torch.fx.Node], Lowered]
@@ -99,7 +100,7 @@ def _conv2d(n):
 @rule("aten.convolution")
 def _convolution(n):
     if _arg(n, 6, "transposed", False) or len(n.args[1].meta["val"].shape) != 4:
-        raise NotImplementedError("only non-transposed 2-D convolutions are lowered")
+        return "conv_nd", _tensors(n.args[0], n.args[1], n.args[2]), {}  # 1-D, 3-D, transposed
     attrs = {"stride": n.args[3], "padding": n.args[4], "dilation": n.args[5], "groups": int(n.args[8])}
     return "conv2d", _tensors(n.args[0], n.args[1], n.args[2]), attrs
 
@@ -140,6 +141,16 @@ def _softmax(n):
     return "softmax", [n.args[0]], {"dim": n.args[1]}
 
 
+@rule("aten.log_softmax", "aten._log_softmax")
+def _log_softmax(n):
+    return "log_softmax", [n.args[0]], {"dim": n.args[1]}
+
+
+@rule("aten.addmm", "aten.baddbmm")
+def _addmm(n):
+    return "addmm", [n.args[0], n.args[1], n.args[2]], {}
+
+
 _POINTWISE = {
     "aten.add": "add", "aten.sub": "sub", "aten.rsub": "sub", "aten.mul": "mul", "aten.div": "div",
     "aten.neg": "neg", "aten.exp": "exp", "aten.log": "log", "aten.pow": "pow", "aten.sqrt": "sqrt",
@@ -150,13 +161,24 @@ _POINTWISE = {
     "aten.hardtanh": "clamp", "aten.square": "square", "aten.eq": "eq", "aten.ne": "ne", "aten.lt": "lt",
     "aten.gt": "gt", "aten.le": "le", "aten.ge": "ge", "aten.logical_and": "logical_and",
     "aten.masked_fill": "where", "aten.leaky_relu": "relu",
+    **{f"aten.{f}": f for f in (
+        "logical_or", "logical_xor", "logical_not", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+        "fmod", "remainder", "copysign", "hypot", "floor", "ceil", "round", "trunc", "sign", "isnan", "isinf",
+        "fill", "erf", "erfinv", "expm1", "log1p", "log2", "log10", "tan", "asin", "acos", "atan", "sinh", "cosh",
+        "asinh", "acosh", "atanh", "atan2", "elu", "softplus", "hardswish", "hardsigmoid", "mish", "logit")},
+    "aten.__and__": "bitwise_and", "aten.__or__": "bitwise_or", "aten.__xor__": "bitwise_xor",
+    "aten.sgn": "sign", "aten.arcsin": "asin", "aten.arccos": "acos", "aten.arctan": "atan",
+    "aten.relu6": "clamp", "aten.heaviside": "sign", "aten.lerp": "where",
 }
+
+_PREDICATES = {"eq", "ne", "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_xor", "logical_not",
+               "isnan", "isinf"}
 
 
 def _pointwise_rule(ir: str) -> Rule:
     def fn(n):
         attrs: dict[str, Any] = {}
-        if ir in ("eq", "ne", "lt", "gt", "le", "ge", "logical_and"):
+        if ir in _PREDICATES:
             attrs["predicate"] = True
         return ir, _tensors(*n.args, *n.kwargs.values()), attrs
 
@@ -173,14 +195,29 @@ def _cast(n):
     return "cast", [n.args[0]], {"dtype": from_torch(dtype)}
 
 
-@rule("aten.sum", "aten.mean", "aten.amax", "aten.max")
+@rule("aten.sum", "aten.mean", "aten.amax", "aten.max", "aten.amin", "aten.min", "aten.prod", "aten.any",
+      "aten.all", "aten.var", "aten.std", "aten.var_mean", "aten.std_mean", "aten.argmax", "aten.argmin",
+      "aten.logsumexp", "aten.nansum", "aten.count_nonzero", "aten.linalg_vector_norm", "aten.aminmax")
 def _reduce(n):
-    kind = {"aten.sum": "sum", "aten.mean": "mean"}.get(str(n.target.overloadpacket), "amax")
+    kind = str(n.target.overloadpacket).split(".", 1)[1]
     dims = _arg(n, 1, "dim")
     if isinstance(dims, int):
         dims = [dims]
-    return "reduce", [n.args[0]], {"dims": list(dims) if dims else None,
-                                   "keepdim": bool(_arg(n, 2, "keepdim", False)), "kind": kind}
+    return "reduce", _tensors(*n.args), {"dims": list(dims) if isinstance(dims, (list, tuple)) else None,
+                                         "keepdim": bool(_arg(n, 2, "keepdim", False)), "kind": kind}
+
+
+def _generic_rule(ir: str) -> Rule:
+    def fn(n):
+        args: list[Any] = []
+        torch.fx.node.map_arg((n.args, n.kwargs), args.append)
+        return ir, list(dict.fromkeys(args)), {}  # every tensor argument, once, in call order
+
+    return fn
+
+
+for _aten, _ir in ATEN_TO_GENERIC.items():
+    RULES[_aten] = _generic_rule(_ir)
 
 
 _VIEWS = (
@@ -188,7 +225,8 @@ _VIEWS = (
     "aten.squeeze", "aten.expand", "aten.transpose", "aten.t", "aten.permute", "aten.select", "aten.slice",
     "aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.alias", "aten.detach",
     "aten.contiguous", "aten.dropout", "aten.narrow", "aten.movedim", "aten.view_as", "aten.expand_as",
-    "aten.lift_fresh_copy", "aten.tensor_split", "aten.swapaxes",
+    "aten.lift_fresh_copy", "aten.tensor_split", "aten.swapaxes", "aten.as_strided", "aten.diagonal",
+    "aten.unfold", "aten.split_copy", "aten.hsplit", "aten.vsplit", "aten.moveaxis",
 )
 
 
@@ -226,7 +264,8 @@ def _gather(n):
 _CONSTS = (
     "aten.arange", "aten.zeros", "aten.ones", "aten.full", "aten.empty", "aten.scalar_tensor",
     "aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.empty_like", "aten.tril_indices",
-    "aten.tensor", "aten.new_zeros", "aten.new_ones", "aten.new_full", "aten.new_empty",
+    "aten.tensor", "aten.new_zeros", "aten.new_ones", "aten.new_full", "aten.new_empty", "aten.empty_strided",
+    "aten.linspace", "aten.eye",
 )
 
 
@@ -261,5 +300,15 @@ RULES["mtiasim.moe_ffn"] = lambda n: ("moe_ffn", list(n.args[:5]), {"top_k": int
 #: ops that are pure bookkeeping in an exported graph
 IGNORED = {
     "aten._assert_async", "aten._assert_scalar", "aten.sym_size", "aten.sym_constrain_range_for_size",
-    "aten._assert_tensor_metadata", "aten.sym_constrain_range",
+    "aten._assert_tensor_metadata", "aten.sym_constrain_range", "aten.sym_numel", "aten.sym_stride",
+    "aten.sym_storage_offset", "aten.sym_is_contiguous",
+}
+
+#: Core ATen ops no graph can be simulated with, and why: capture names them with this reason
+UNSUPPORTED = {
+    "aten.nonzero": "its output shape depends on tensor values (data-dependent shape)",
+    "aten._local_scalar_dense": "reads a tensor value on the host (.item()): data-dependent control flow",
+    "aten._fft_r2c": "complex tensors are not simulated",
+    "aten._fft_c2r": "complex tensors are not simulated",
+    "aten._fft_c2c": "complex tensors are not simulated",
 }

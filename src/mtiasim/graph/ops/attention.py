@@ -79,6 +79,16 @@ class Softmax(OpDef):
         return torch.softmax(x, dim=dim)
 
 
+@register_op
+class LogSoftmax(Softmax):
+    """log(softmax(x)) over ``dim``: x - max - log(sum(exp)): ~5 flops per element."""
+
+    name = "log_softmax"
+
+    def reference(self, x, dim=-1, **_):
+        return torch.log_softmax(x, dim=dim)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)

@@ -68,6 +68,32 @@ class Matmul(OpDef):
 
 
 @register_op
+class AddMM(OpDef):
+    """``bias + a @ b`` (``addmm``, ``baddbmm``): a [..., M, K], b [..., K, N], bias broadcast to
+    [..., M, N]; the form of GPT-2's Conv1D layers, whose weight is stored [K, N]. 2*M*N*K flops
+    (+ M*N for the bias), like a linear layer."""
+
+    name = "addmm"
+    engine = "matrix"
+
+    def infer(self, inputs, attrs):
+        bias, a, b = inputs
+        out = Matmul().infer([a, b], attrs)[0]
+        broadcast_shapes(bias.shape, out.shape)
+        return [out]
+
+    def work(self, inputs, outputs, attrs):
+        bias, a, b = inputs
+        out = outputs[0]
+        g = GemmShape(prod(out.shape[:-2]), a.shape[-2], b.shape[-1], a.shape[-1])
+        r, w = _io(inputs, outputs)
+        return Work(matrix_flops=g.flops, vector_flops=float(out.numel), bytes_read=r, bytes_written=w, gemms=[g])
+
+    def reference(self, bias, a, b, **_):
+        return bias + torch.matmul(a, b)
+
+
+@register_op
 class DCNDown(Linear):
     """Down-projection of a low-rank DCNv2 cross layer: ``h = xl @ U.T``, a bias-free linear;
     xl [B, D], u [r, D] -> h [B, r], 2*B*D*r flops. Its own kernel on every stack that runs DCNv2:

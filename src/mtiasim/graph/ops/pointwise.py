@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from mtiasim.graph.ir import TensorSpec
 from mtiasim.graph.ops.base import OpDef, broadcast_shapes, register_op, stream_work
+from mtiasim.graph.ops.generic import AtenOp
 
 
 class Pointwise(OpDef):
@@ -50,6 +51,9 @@ for _name, _fn in {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "maximum": torch.maximum,
     "minimum": torch.minimum, "pow": torch.pow, "where": torch.where, "eq": torch.eq, "lt": torch.lt,
     "gt": torch.gt, "le": torch.le, "ge": torch.ge, "ne": torch.ne, "logical_and": torch.logical_and,
+    "logical_or": torch.logical_or, "logical_xor": torch.logical_xor, "bitwise_and": torch.bitwise_and,
+    "bitwise_or": torch.bitwise_or, "bitwise_xor": torch.bitwise_xor, "fmod": torch.fmod,
+    "remainder": torch.remainder, "copysign": torch.copysign, "hypot": torch.hypot,
 }.items():
     _pointwise(_name, 1.0, _fn)
 
@@ -60,6 +64,15 @@ for _name, _flops, _fn in [
     ("exp", 4, torch.exp), ("log", 4, torch.log), ("sin", 4, torch.sin), ("cos", 4, torch.cos),
     ("tanh", 4, torch.tanh), ("sigmoid", 4, torch.sigmoid), ("silu", 5, F.silu), ("gelu", 8, F.gelu),
     ("clamp", 2, torch.clamp), ("square", 1, torch.square),
+    ("floor", 1, torch.floor), ("ceil", 1, torch.ceil), ("round", 1, torch.round), ("trunc", 1, torch.trunc),
+    ("sign", 1, torch.sign), ("bitwise_not", 1, torch.bitwise_not), ("logical_not", 1, torch.logical_not),
+    ("isnan", 1, torch.isnan), ("isinf", 1, torch.isinf), ("fill", 1, torch.zeros_like),
+    ("erf", 8, torch.erf), ("erfinv", 8, torch.erfinv), ("expm1", 4, torch.expm1), ("log1p", 4, torch.log1p),
+    ("log2", 4, torch.log2), ("log10", 4, torch.log10), ("tan", 4, torch.tan), ("asin", 4, torch.asin),
+    ("acos", 4, torch.acos), ("atan", 4, torch.atan), ("sinh", 4, torch.sinh), ("cosh", 4, torch.cosh),
+    ("asinh", 4, torch.asinh), ("acosh", 4, torch.acosh), ("atanh", 4, torch.atanh), ("atan2", 8, torch.atan2),
+    ("elu", 5, F.elu), ("softplus", 5, F.softplus), ("hardswish", 3, F.hardswish),
+    ("hardsigmoid", 3, F.hardsigmoid), ("mish", 10, F.mish), ("logit", 5, torch.logit),
 ]:
     _pointwise(_name, float(_flops), _fn)
 
@@ -97,12 +110,16 @@ class LayerNorm(OpDef):
 
 
 @register_op
-class Reduce(OpDef):
-    """Sum / mean / max over ``dims``: one op per input element."""
+class Reduce(AtenOp):
+    """Sum / mean / max / min / prod / any / all / var / argmax ... over ``dims``: one op per input
+    element (a captured node carries its aten call, whose shape rule covers every variant; a node
+    built in the IR gives ``dims``, ``keepdim`` and ``kind``)."""
 
     name = "reduce"
 
     def infer(self, inputs, attrs):
+        if "op_call" in attrs:
+            return super().infer(inputs, attrs)
         x = inputs[0]
         dims = {d % len(x.shape) for d in attrs.get("dims") or range(len(x.shape))}
         keep = attrs.get("keepdim", False)
@@ -112,7 +129,9 @@ class Reduce(OpDef):
     def work(self, inputs, outputs, attrs):
         return stream_work(inputs, outputs, vector_flops=float(inputs[0].numel))
 
-    def reference(self, x, dims=None, keepdim=False, kind="sum", **_):
+    def reference(self, x, dims=None, keepdim=False, kind="sum", **attrs):
+        if "op_call" in attrs:
+            return super().reference(x, **attrs)
         fn = {"sum": torch.sum, "mean": torch.mean, "amax": torch.amax}[kind]
         return fn(x, dim=dims, keepdim=keepdim)
 
