@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from mtiasim.api import simulate  # noqa: E402
 from mtiasim.chips import list_chips, load_chip  # noqa: E402
+from mtiasim.compile_backend import compiled_results, last_result  # noqa: E402
 from mtiasim.frontend.capture import capture  # noqa: E402
 
-__all__ = ["__version__", "capture", "list_chips", "load_chip", "simulate"]
+__all__ = ["__version__", "capture", "compiled_results", "last_result", "list_chips", "load_chip", "simulate"]
