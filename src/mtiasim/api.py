@@ -12,7 +12,7 @@ from mtiasim.chips import ChipSpec, load_chip
 from mtiasim.compiler import CompileOptions, Program, compile
 from mtiasim.engines import get_engine
 from mtiasim.engines.result import Result
-from mtiasim.frontend import zoo
+from mtiasim.frontend import hf, zoo
 from mtiasim.frontend.capture import capture, capture_cached
 from mtiasim.frontend.replicate import replicate_layers
 from mtiasim.graph.ir import Graph
@@ -80,7 +80,9 @@ def simulate(
     """Predict how ``model_or_name`` runs on ``chip``.
 
     ``model_or_name`` is a zoo name (``"dlrm-v2"``, ``"llama2-70b"``; see ``mtiasim.frontend.zoo``)
-    or any ``nn.Module``, which then needs ``example_inputs`` (meta tensors are fine). For zoo LLMs
+    or any ``nn.Module``, which then needs ``example_inputs`` (meta tensors are fine), or a Hugging
+    Face ``transformers`` model, whose inputs are made from ``batch`` and ``seq_len`` (a prefill of
+    ``batch`` prompts of ``seq_len`` tokens; images or audio from its config). For zoo LLMs
     ``phase`` is ``"prefill"`` (default; ``seq_len`` prompt tokens) or ``"decode"`` (one token per
     sequence with ``kv_len`` cached tokens). ``engine`` is ``"analytical"`` (any chip) or
     ``"gpu"`` (GPU presets; ``engine_options={"stack": "vllm"}`` picks the software stack).
@@ -98,9 +100,14 @@ def simulate(
         asked = options.dtype if options is not None else dtype
         if act_dtype is None and (options is None or options.act_dtype is None) and asked in (None, w.default_dtype):
             act_dtype = w.default_act_dtype  # the deployment default that goes with the default precision
+    elif isinstance(model_or_name, torch.nn.Module) and example_inputs is None and hf.is_hf_model(model_or_name):
+        module, inputs, meta = hf.wrap(model_or_name, batch, seq_len)
+        graph = capture(module, inputs, name=meta["model"], allow_cpu_fallback=allow_cpu_fallback)
+        default_dtype = dtype or hf.config_dtype(model_or_name) or "fp32"
     elif isinstance(model_or_name, torch.nn.Module):
         if example_inputs is None:
-            raise ValueError("simulate(module, ...) needs example_inputs (a tuple of tensors; meta tensors work)")
+            raise ValueError("simulate(module, ...) needs example_inputs (a tuple of tensors; meta tensors work); "
+                             "a Hugging Face model takes batch= and seq_len= instead")
         graph = capture(model_or_name, example_inputs, allow_cpu_fallback=allow_cpu_fallback)
         first = next((t for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() > 0), None)
         b = int(first.shape[0]) if first is not None else 1

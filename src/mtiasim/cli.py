@@ -108,7 +108,10 @@ def models(as_json: bool = typer.Option(False, "--json")):
 
 
 @app.command("run")
-def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim models`)."),
+def run(model: str | None = typer.Argument(None, help="Zoo model name (see `mtiasim models`); omit with --hf-config."),
+        hf_config: str | None = typer.Option(None, "--hf-config", help=(
+            "A Hugging Face config.json (or its folder), read locally: the model is built on meta tensors "
+            "(no weights) and timed on a prefill of --batch prompts of --seq-len tokens (needs mtiasim[hf]).")),
         chip: str = typer.Option("mtia-200", "--chip", help="Preset name or chip YAML path."),
         batch: int | None = typer.Option(None, "--batch", min=1, help="Batch (samples; sequences for LLMs)."),
         seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Prompt tokens (LLM prefill)."),
@@ -131,6 +134,12 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Simulate one model on one chip: per-kernel table and totals."""
     try:
+        if (model is None) == (hf_config is None):
+            raise ValueError("give a zoo model name or --hf-config PATH (one of them)")
+        if hf_config is not None:
+            from mtiasim.frontend.hf import from_config_file
+
+            model = from_config_file(hf_config)  # type: ignore[assignment]
         options = None
         if fuse_region:
             regions = [[p.strip() for p in r.split(",") if p.strip()] for r in fuse_region]
@@ -138,7 +147,7 @@ def run(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim mode
         r = api.simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=phase, kv_len=kv_len,
                          chip_overrides=_overrides(set_), allow_cpu_fallback=allow_cpu_fallback, engine=engine,
                          engine_options={"stack": stack} if stack else None, act_dtype=act_dtype, options=options)
-    except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
+    except (ChipError, CaptureError, OpError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
         _fail(e)
     if as_json:
         d = r.to_dict()

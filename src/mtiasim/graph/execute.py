@@ -58,7 +58,7 @@ def execute(graph: Graph, feeds: dict[str, torch.Tensor], reference_ops: frozens
 
 def module_feeds(graph: Graph, module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Feeds for :func:`execute` from a real module and its inputs."""
-    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    state = {**dict(module.named_parameters(remove_duplicate=False)), **dict(module.named_buffers(remove_duplicate=False))}
     feeds = {name: state[target] for name, target in graph.meta.get("targets", {}).items() if target in state}
     tensor_inputs = [t for t in inputs if isinstance(t, torch.Tensor)]
     feeds.update(dict(zip(graph.inputs, tensor_inputs)))
