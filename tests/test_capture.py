@@ -137,11 +137,21 @@ class Unsupported(nn.Module):
         return opaque_scan(x) * 2
 
 
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = Unsupported()
+
+    def forward(self, x):
+        return self.act(x)
+
+
 def test_unsupported_op_is_named_with_its_source_line():
     with pytest.raises(CaptureError) as e:
-        capture(Unsupported(), (torch.randn(4, 8),))
+        capture(nn.Sequential(nn.Linear(8, 8), Block()), (torch.randn(4, 8),))
     msg = str(e.value)
     assert "mtiasim_test.opaque_scan" in msg and "test_capture.py" in msg and "opaque_scan(x)" in msg
+    assert "in module '1.act'" in msg  # the module path in the user's model
     assert "--allow-cpu-fallback" in msg
 
 

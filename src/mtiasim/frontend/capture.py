@@ -82,8 +82,6 @@ def _positional(a: Any, order: dict[str, int]) -> Any:
         return type(a)(_positional(x, order) for x in a)
     if isinstance(a, dict):
         return {k: _positional(v, order) for k, v in a.items()}
-    if isinstance(a, (torch.dtype, torch.device, torch.layout, torch.memory_format)) or a is None:
-        return a
     return a
 
 
@@ -183,7 +181,8 @@ def lower(ep: torch.export.ExportedProgram, *, name: str, allow_cpu_fallback: bo
         if rule is None:
             if not allow_cpu_fallback:
                 why = f": {UNSUPPORTED[packet]}" if packet in UNSUPPORTED else ""
-                problems.append(f"  {packet} (node '{n.name}') at {_source(n) or '<unknown>'}{why}")
+                where = f", in module '{_scope(n)}'" if _scope(n) else ""
+                problems.append(f"  {packet} (node '{n.name}'{where}) at {_source(n) or '<unknown>'}{why}")
                 continue
             ins = [names[a.name] for a in n.all_input_nodes if a.name in names]
             nodes.append(Node(n.name, "cpu_fallback", ins, out_names,
