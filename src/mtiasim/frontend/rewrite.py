@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mtiasim.graph.execute import substitute
 from mtiasim.graph.ir import Graph, Node
 from mtiasim.graph.ops import get_op
 from mtiasim.graph.ops.generic import TO_TORCH, resolve
@@ -71,16 +72,6 @@ def _cpu(x: Any) -> Any:
     return x
 
 
-def _subst(x: Any, env: dict[str, Any]) -> Any:
-    if isinstance(x, tuple) and len(x) == 2 and x[0] == "__tensor__":
-        return env[x[1]]
-    if isinstance(x, (list, tuple)):
-        return type(x)(_subst(v, env) for v in x)
-    if isinstance(x, dict):
-        return {k: _subst(v, env) for k, v in x.items()}
-    return x
-
-
 def evaluate_constant(graph: Graph, tensor: str) -> torch.Tensor | None:
     """The value of a constant tensor, computed on the CPU from the recorded aten calls; None when
     it depends on a buffer's values (which a model on meta tensors does not have) or is too large."""
@@ -101,7 +92,7 @@ def evaluate_constant(graph: Graph, tensor: str) -> torch.Tensor | None:
                 env.setdefault(x, torch.zeros((), dtype=TO_TORCH[spec.dtype]).expand(spec.shape))
             else:
                 value(x)
-        res = resolve(call[0])(*_subst(args, env), **_subst(_cpu(call[2]), env))
+        res = resolve(call[0])(*substitute(args, env), **substitute(_cpu(call[2]), env))
         if isinstance(res, (tuple, list)):
             for i, r in enumerate(res):
                 env[f"{node.name}:{i}"] = r

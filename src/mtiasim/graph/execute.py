@@ -12,21 +12,12 @@ import torch
 
 from mtiasim.graph.ir import Graph
 from mtiasim.graph.ops import get_op
+from mtiasim.graph.ops.generic import bind, resolve
 
 
-def _resolve(qualname: str) -> Any:
-    ns, op, overload = qualname.split(".")
-    return getattr(getattr(getattr(torch.ops, ns), op), overload)
-
-
-def _subst(x: Any, env: dict[str, Any]) -> Any:
-    if isinstance(x, tuple) and len(x) == 2 and x[0] == "__tensor__":
-        return env[x[1]]
-    if isinstance(x, (list, tuple)):
-        return type(x)(_subst(v, env) for v in x)
-    if isinstance(x, dict):
-        return {k: _subst(v, env) for k, v in x.items()}
-    return x
+def substitute(template: Any, env: dict[str, Any]) -> Any:
+    """A recorded call's arguments with each ``('__tensor__', name)`` replaced by ``env[name]``."""
+    return bind(template, env, "__tensor__")
 
 
 def execute(graph: Graph, feeds: dict[str, torch.Tensor], reference_ops: frozenset[str] | set[str] = frozenset()
@@ -42,7 +33,7 @@ def execute(graph: Graph, feeds: dict[str, torch.Tensor], reference_ops: frozens
     for node in graph.nodes:
         call = node.attrs.get("call")
         if call is not None and node.op not in reference_ops:
-            res = _resolve(call[0])(*_subst(call[1], env), **_subst(call[2], env))
+            res = resolve(call[0])(*substitute(call[1], env), **substitute(call[2], env))
             if isinstance(res, (tuple, list)):
                 for i, r in enumerate(res):
                     env[f"{node.name}:{i}"] = r

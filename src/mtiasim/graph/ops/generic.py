@@ -32,6 +32,7 @@ import torch
 from mtiasim.graph.dtypes import from_torch
 from mtiasim.graph.ir import TensorSpec
 from mtiasim.graph.ops.base import GemmShape, OpDef, Work, prod, register_op, stream_work
+from mtiasim.graph.ops.moe import expected_experts_hit
 
 #: IR dtype -> a torch dtype with the same role, for shape inference on meta tensors (formats
 #: torch has no dtype for are inferred as bf16; the output keeps the input's IR dtype)
@@ -46,14 +47,16 @@ def resolve(qualname: str) -> Any:
     return getattr(getattr(getattr(torch.ops, ns), op), overload)
 
 
-def bind(template: Any, values: list[Any]) -> Any:
-    """Substitute ``('__in__', i)`` placeholders in an argument template with ``values[i]``."""
-    if isinstance(template, tuple) and len(template) == 2 and template[0] == "__in__":
+def bind(template: Any, values: Any, tag: str = "__in__") -> Any:
+    """Substitute the ``(tag, key)`` placeholders of an argument template with ``values[key]``:
+    ``('__in__', i)`` by input position (this module), ``('__tensor__', name)`` by tensor name
+    (a node's recorded ``call``, ``graph/execute.py``)."""
+    if isinstance(template, tuple) and len(template) == 2 and template[0] == tag:
         return values[template[1]]
     if isinstance(template, (list, tuple)):
-        return type(template)(bind(v, values) for v in template)
+        return type(template)(bind(v, values, tag) for v in template)
     if isinstance(template, dict):
-        return {k: bind(v, values) for k, v in template.items()}
+        return {k: bind(v, values, tag) for k, v in template.items()}
     return template
 
 
@@ -273,7 +276,7 @@ class GroupedMM(AtenOp):
         x, w = inputs[0], inputs[1]
         s, k = x.shape[-2], x.shape[-1]
         e, n = (w.shape[0], w.shape[-1]) if len(w.shape) == 3 else (1, w.shape[-1])
-        hit = e * (1.0 - (1.0 - 1.0 / e) ** s) if s else 0.0
+        hit = expected_experts_hit(s, e, 1)  # each slot is one draw of an expert
         groups, rows = max(1, round(hit)), max(1, math.ceil(s / max(hit, 1e-9)))
         read = {f"in{i}": t.nbytes for i, t in enumerate(inputs)}
         read["in1"] = w.nbytes * hit / e
