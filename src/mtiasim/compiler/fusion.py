@@ -165,7 +165,8 @@ def node_work(graph: Graph, n: Node) -> Work:
 
 
 def kernel_work(graph: Graph, nodes: list[Node], base: dict[str, str], external: set[str]) -> Work:
-    """Sum of the nodes' work, without traffic to tensors produced and consumed inside the kernel.
+    """Sum of the nodes' work, without traffic to tensors produced and consumed inside the kernel,
+    each tensor from outside read once however many of its ops read it.
 
     ``external`` are tensors (storage bases) that are needed outside this kernel."""
     produced = {base.get(o, o) for n in nodes for o in n.outputs}
@@ -179,7 +180,8 @@ def kernel_work(graph: Graph, nodes: list[Node], base: dict[str, str], external:
             t = n.inputs[int(key[2:])]
             if base.get(t, t) in produced:
                 continue
-            total.bytes_read[t] = total.bytes_read.get(t, 0.0) + b
+            # a tensor several of the kernel's ops read is loaded once (held on chip)
+            total.bytes_read[t] = max(total.bytes_read.get(t, 0.0), b)
             if key in w.gather:
                 total.gather[t] = w.gather[key]
         for key, b in w.bytes_written.items():
