@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtiasim.graph.ops.attention import attention_grads
+
 
 @torch.library.custom_op("mtiasim::tbe", mutates_args=())
 def tbe(indices: Tensor, weights: Tensor, pooling_factors: list[int], rows: list[int]) -> Tensor:
@@ -100,3 +102,52 @@ def moe_ffn(x: Tensor, router: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, top_k
 @moe_ffn.register_fake
 def _moe_fake(x: Tensor, router: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, top_k: int) -> Tensor:
     return torch.empty_like(x)
+
+
+# ---- attention for training graphs ----------------------------------------------------------
+# In a joint forward/backward export PyTorch decomposes scaled_dot_product_attention into its math
+# (the S x L score matrix, softmax and their gradients, all materialised). Training stacks run
+# fused FlashAttention forward and backward kernels instead (Dao, "FlashAttention-2", ICLR'24,
+# Algorithms 1 and 2), which save only the output and the row log-sum-exp. Training capture
+# (``training/capture.py``) routes SDPA to these two ops so the joint graph shows those kernels.
+@torch.library.custom_op("mtiasim::attention", mutates_args=())
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+              scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention`` as one opaque op (its backward is :func:`attention_backward`)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                          enable_gqa=enable_gqa)
+
+
+@attention.register_fake
+def _attention_fake(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+@torch.library.custom_op("mtiasim::attention_backward", mutates_args=())
+def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+                       is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`attention` with respect to q, k and v (``graph/ops/attention.py``)."""
+    grads = attention_grads(grad_out, q, k, v, attn_mask, is_causal, scale)
+    # laid out as the fake implementation says (like q, k, v): the traced graph's views rely on it
+    return tuple(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), grads))
+
+
+@attention_backward.register_fake
+def _attention_backward_fake(grad_out, q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, attn_mask, is_causal, scale, enable_gqa = inputs
+    ctx.save_for_backward(q, k, v, attn_mask)
+    ctx.flags = (is_causal, scale, enable_gqa)
+
+
+def _attention_grad(ctx, grad_out):
+    q, k, v, attn_mask = ctx.saved_tensors
+    dq, dk, dv = torch.ops.mtiasim.attention_backward(grad_out, q, k, v, attn_mask, *ctx.flags)
+    return dq, dk, dv, None, None, None, None
+
+
+attention.register_autograd(_attention_grad, setup_context=_attention_setup)

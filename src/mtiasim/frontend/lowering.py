@@ -265,7 +265,7 @@ _CONSTS = (
     "aten.arange", "aten.zeros", "aten.ones", "aten.full", "aten.empty", "aten.scalar_tensor",
     "aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.empty_like", "aten.tril_indices",
     "aten.tensor", "aten.new_zeros", "aten.new_ones", "aten.new_full", "aten.new_empty", "aten.empty_strided",
-    "aten.linspace", "aten.eye",
+    "aten.empty_permuted", "aten.linspace", "aten.eye",
 )
 
 
@@ -287,6 +287,18 @@ def _tbe(n):
 @rule("mtiasim.dcn_cross")
 def _dcn(n):
     return "dcn_cross", list(n.args[:5]), {}
+
+
+@rule("mtiasim.attention")
+def _attention(n):  # attention(q, k, v, attn_mask, is_causal, scale, enable_gqa): training capture's SDPA
+    attrs = {"causal": bool(_arg(n, 4, "is_causal", False)), "scale": _arg(n, 5, "scale")}
+    return "attention", _tensors(n.args[0], n.args[1], n.args[2], _arg(n, 3, "attn_mask")), attrs
+
+
+@rule("mtiasim.attention_backward")
+def _attention_backward(n):  # attention_backward(dO, q, k, v, attn_mask, is_causal, scale, enable_gqa)
+    attrs = {"causal": bool(_arg(n, 5, "is_causal", False)), "scale": _arg(n, 6, "scale")}
+    return "attention_backward", _tensors(*n.args[:4], _arg(n, 4, "attn_mask")), attrs
 
 
 @rule("mtiasim.dot_interaction")

@@ -62,6 +62,72 @@ class Attention(OpDef):
 
 
 @register_op
+class AttentionBackward(OpDef):
+    """FlashAttention-2's backward kernel (Dao, ICLR'24, Algorithm 2): inputs dO, q, k, v
+    [, mask]; outputs dq, dk, dv (shaped as q, k, v).
+
+    Per query-key block it recomputes S = QK^T and P, then dV += P^T dO, dP = dO V^T,
+    dS = P * (dP - D), dQ += dS K, dK += dS^T Q: five GEMMs over the score pairs against the
+    forward's two, hence the paper's "backward = 2.5x forward" flop count. ~4 vector flops per
+    score (exp, subtract, multiply, scale). dO, q, k, v are read once; dq, dk, dv written once
+    (dK/dV of a GQA group summed in the kernel)."""
+
+    name = "attention_backward"
+    engine = "matrix"
+
+    def infer(self, inputs, attrs):
+        _, q, k, v = inputs[:4]
+        return [TensorSpec(q.shape, q.dtype), TensorSpec(k.shape, k.dtype), TensorSpec(v.shape, v.dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        _, q, k, v = inputs[:4]
+        b, h, s, hd = q.shape
+        hkv, keys, hdv = k.shape[1], k.shape[2], v.shape[3]
+        pairs = score_pairs(s, keys, bool(attrs.get("causal", False)))
+        m = s * (h // hkv)  # the query heads of a GQA group packed into M, as in the forward
+        n = b * hkv
+        gemms = [GemmShape(n, m, keys, hd), GemmShape(n, m, keys, hdv),  # S = QK^T, dP = dO V^T
+                 GemmShape(n, m, hd, keys),  # dQ = dS K
+                 GemmShape(n, keys, hdv, m), GemmShape(n, keys, hd, m)]  # dV = P^T dO, dK = dS^T Q
+        frac = pairs / (s * keys)
+        return Work(matrix_flops=sum(g.flops for g in gemms) * frac, vector_flops=4.0 * b * h * pairs,
+                    bytes_read={f"in{i}": t.nbytes for i, t in enumerate(inputs)},
+                    bytes_written={f"out{i}": t.nbytes for i, t in enumerate(outputs)}, gemms=gemms)
+
+    def reference(self, grad_out, q, k, v, attn_mask=None, causal=False, scale=None, **_):
+        return list(attention_grads(grad_out, q, k, v, attn_mask, causal, scale))
+
+
+def attention_grads(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None, causal: bool = False, scale: float | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of ``F.scaled_dot_product_attention`` (GQA when q has more heads than k), written
+    out: P = softmax(scale q k^T + mask), dV = P^T dO, dS = P (dO V^T - rowsum(dO o O)),
+    dQ = scale dS K, dK = scale dS^T Q, a GQA group's dK/dV summed over its query heads."""
+    g = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    sc = scale if scale is not None else q.shape[-1] ** -0.5
+    s = (q @ kk.transpose(-2, -1)) * sc
+    if causal:
+        allowed = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+        s = s.masked_fill(~allowed, float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    p = torch.softmax(s, dim=-1)
+    out = p @ vv
+    dv = p.transpose(-2, -1) @ grad_out
+    dp = grad_out @ vv.transpose(-2, -1)
+    ds = p * (dp - (grad_out * out).sum(-1, keepdim=True))
+    dq = (ds @ kk) * sc
+    dk = (ds.transpose(-2, -1) @ q) * sc
+
+    def group_sum(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(1, (k.shape[1], g)).sum(2)
+
+    return dq, group_sum(dk), group_sum(dv)
+
+
+@register_op
 class Softmax(OpDef):
     """Softmax over ``dim``: max, subtract, exp, sum, divide: ~5 flops per element."""
 
