@@ -356,6 +356,44 @@ def mlperf(benchmark: str = typer.Argument(..., help="MLPerf benchmark, e.g. lla
     out.print(f"deployment: {p.deployment}")
 
 
+@app.command("train")
+def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasim models`)."),
+              system: str = typer.Option("mtia-300:1", "--system", help="CHIP:COUNT (every chip a data-parallel "
+                                         "rank) or a system YAML."),
+              global_batch: int | None = typer.Option(None, "--global-batch", min=1,
+                                                      help="Samples (sequences) per optimizer step."),
+              micro_batch: int | None = typer.Option(None, "--micro-batch", min=1, help="Samples per chip per "
+                                                     "forward/backward (default: global batch / chips)."),
+              seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="LLMs: tokens per sequence."),
+              optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, sgd or adagrad."),
+              precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 (default), fp16 or fp8 "
+                                                   "(mixed precision, fp32 master weights)."),
+              zero: int = typer.Option(0, "--zero", min=0, max=3, help="ZeRO stage: 1 shards the optimizer state, "
+                                       "2 the gradients too, 3 the weights too."),
+              samples_to_converge: float | None = typer.Option(None, "--samples-to-converge",
+                                                               help="Samples to reach the target: gives time to train."),
+              engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
+              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Predict a training step: forward, backward (from PyTorch autograd), optimizer and exposed
+    data-parallel communication; throughput, MFU, memory per chip, energy, time to train."""
+    from mtiasim.training import train
+
+    try:
+        r = train(model, system=system, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
+                  optimizer=optimizer, precision=precision, zero_stage=zero, samples_to_converge=samples_to_converge,
+                  engine=engine)
+    except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
+        _fail(e)
+    if as_json:
+        _dump(r.to_dict())
+        return
+    from mtiasim.report.tables import training_table
+
+    out.print(training_table(r))
+    for n in r.notes:
+        out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+
+
 @app.command("validate")
 def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
                                                  "mlperf_calibration.csv (default: the packaged calibration set)."),

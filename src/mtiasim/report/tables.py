@@ -68,6 +68,34 @@ def totals_table(r: Result) -> Table:
     return kv_table(f"{r.model} on {r.chip} ({r.engine} engine)", rows)
 
 
+def training_table(r: Any) -> Table:
+    """A :class:`~mtiasim.training.TrainingReport` as a table: step time and where it goes."""
+    b, m = r.breakdown_s, r.memory_breakdown_bytes
+    rows = [
+        ("system / precision / optimizer", f"{r.system} / {r.precision} / {r.optimizer} (ZeRO {r.zero_stage})"),
+        ("global batch = micro x chips x steps", f"{r.global_batch} = {r.micro_batch} x {r.data_parallel} x "
+         f"{r.micro_batches}" + (f"  (seq_len {r.seq_len})" if r.seq_len else "")),
+        ("parameters trainable / frozen", f"{si(r.trainable_params)} / {si(r.frozen_params)}"),
+        ("step time", si(r.step_time_s, "s")),
+    ]
+    for k, v in b.model_dump().items():
+        rows.append((f"  {k.replace('_', ' ')}", f"{si(v, 's')} ({100 * v / r.step_time_s:.0f}%)"))
+    rows += [
+        ("communication (hidden or not)", si(r.communication_total_s, "s")),
+        ("throughput", f"{si(r.samples_per_s)} samples/s" + (f", {si(r.tokens_per_s)} tokens/s"
+                                                             if r.tokens_per_s else "")),
+        ("MFU", "-" if r.mfu is None else f"{100 * r.mfu:.1f}%"),
+        ("memory per chip", f"{si(r.memory_per_chip_bytes, 'B')} of {si(r.memory_capacity_bytes, 'B')}"
+         + ("" if r.fits else "  DOES NOT FIT")),
+        ("  weights / gradients / optimizer / activations",
+         " / ".join(si(x, "B") for x in (m.weights, m.gradients, m.optimizer_state, m.activations))),
+        ("energy per step (all chips)", si(r.energy_per_step_j, "J")),
+    ]
+    if r.time_to_train_s is not None:
+        rows.append(("time to train", f"{si(r.time_to_train_s, 's')} ({r.time_to_train_s / 60:.1f} min)"))
+    return kv_table(f"training {r.model} on {r.system} ({r.engine} engine)", rows)
+
+
 def compare_table(model: str, rows: list[dict[str, Any]]) -> Table:
     t = Table(title=f"{model}: chips side by side")
     cols = ["chip", "phase", "latency", "throughput", "power", "perf/W", "energy/run", "bound (most time)", "fits"]

@@ -56,6 +56,11 @@ def reduce_scatter_s(chip: ChipSpec, nbytes: float, n: int) -> float:
     return _ring_phases_s(chip, nbytes, n, 1)
 
 
+def allgather_s(chip: ChipSpec, nbytes: float, n: int) -> float:
+    """Ring all-gather producing ``nbytes`` on every chip: one pass, as a reduce-scatter."""
+    return _ring_phases_s(chip, nbytes, n, 1)
+
+
 def p2p_s(chip: ChipSpec, nbytes: float) -> float:
     """One point-to-point send between neighbouring chips (a pipeline stage boundary)."""
     if nbytes <= 0:

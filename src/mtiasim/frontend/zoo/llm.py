@@ -210,7 +210,7 @@ class DecoderLM(nn.Module):
         self.register_buffer("rope_cos", cos.to(dev), persistent=False)
         self.register_buffer("rope_sin", sin.to(dev), persistent=False)
 
-    def _run(self, input_ids, kv_cache, collect: bool):
+    def _run(self, input_ids, kv_cache, collect: bool, last_only: bool = True):
         if (kv_cache is None) != (self.phase == "prefill"):
             need = "absent" if self.phase == "prefill" else "given"
             raise ValueError(f"{self.phase} module: kv_cache must be {need}")
@@ -225,7 +225,7 @@ class DecoderLM(nn.Module):
             x, k, v = layer(x, cos, sin, pk, pv)
             if collect:
                 cache.append(torch.stack([k, v]))
-        logits = self.lm_head(self.norm(x[:, -1:, :]))
+        logits = self.lm_head(self.norm(x[:, -1:, :] if last_only else x))
         return logits, (torch.stack(cache) if collect else None)
 
     def forward(self, input_ids, kv_cache=None):
@@ -236,6 +236,19 @@ class DecoderLM(nn.Module):
         """Prefill that also returns the KV cache [n_layers, 2, B, n_kv_heads, S, head_dim] (post-RoPE),
         laid out as a decode module built with ``kv_len=S`` expects. Not used by capture."""
         return self._run(input_ids, None, collect=True)
+
+
+class CausalLMLoss(nn.Module):
+    """A prefill-phase :class:`DecoderLM` trained as a language model: forward(input_ids[B,S],
+    labels[B,S]) -> the mean next-token cross-entropy over every position, on fp32 logits."""
+
+    def __init__(self, lm: DecoderLM):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, labels):
+        logits = self.lm._run(input_ids, None, collect=False, last_only=False)[0]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
 def llm_param_count(cfg: LLMConfig) -> int:

@@ -1,0 +1,78 @@
+"""Data-parallel communication of a training step and how much of it the compute hides.
+
+What moves (Rajbhandari et al., "ZeRO", SC'20, section 7, for Psi parameters): plain data
+parallel all-reduces the gradients (2 Psi over the ring); ZeRO stages 1 and 2 reduce-scatter
+the gradients and all-gather the updated weights (the same 2 Psi); stage 3 all-gathers the
+weights in the forward and again in the backward and reduce-scatters the gradients (3 Psi), on
+every micro-batch.
+
+How it overlaps: as PyTorch DDP does, gradients are grouped in buckets of ``BUCKET_BYTES``
+(``bucket_cap_mb=25``, the ``DistributedDataParallel`` default), each bucket's collective
+launched as soon as the backward has produced it. Buckets are taken to become ready evenly
+through the backward, and their collectives run one after another on the links; what is still
+running when the backward ends is exposed. The weight all-gathers overlap the forward the
+same way. Not modelled yet: collectives slowing the compute beside them (on GPUs NCCL runs on
+SMs), and collectives across a scale-out network (the system is one scale-up domain)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mtiasim.chips import ChipSpec
+from mtiasim.system import collectives
+
+BUCKET_BYTES = 25 * 2**20
+
+Collective = Callable[[ChipSpec, float, int], float]
+
+
+def overlapped_exposed_s(compute_s: float, nbytes: float, collective: Collective, chip: ChipSpec, n: int) -> float:
+    """Time ``nbytes`` of ``collective`` runs past the end of ``compute_s`` of compute that
+    produces (or consumes) it bucket by bucket."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    buckets = max(1, math.ceil(nbytes / BUCKET_BYTES))
+    per_bucket_s = collective(chip, nbytes / buckets, n)
+    done = 0.0
+    for i in range(buckets):
+        done = max(done, compute_s * (i + 1) / buckets) + per_bucket_s
+    return done - compute_s
+
+
+@dataclass(frozen=True)
+class SyncCost:
+    total_s: float  # all collectives of the step, end to end
+    exposed_s: float  # what the compute does not hide
+    bytes_per_chip: float  # sent by each chip
+
+
+def data_parallel_sync(chip: ChipSpec, *, dp: int, zero_stage: int, param_count: float, weight_bytes: float,
+                       grad_bytes: float, forward_s: float, backward_s: float, micro_batches: int) -> SyncCost:
+    """The data-parallel collectives of one step over ``dp`` chips (see the module docstring);
+    ``forward_s``/``backward_s`` are one micro-batch's."""
+    if dp <= 1:
+        return SyncCost(0.0, 0.0, 0.0)
+    grads, weights = param_count * grad_bytes, param_count * weight_bytes
+    ring = (dp - 1) / dp
+    ag, rs, ar = collectives.allgather_s, collectives.reduce_scatter_s, collectives.allreduce_s
+    if zero_stage == 0:
+        total = ar(chip, grads, dp)
+        exposed = overlapped_exposed_s(backward_s, grads, ar, chip, dp)
+        sent = 2 * ring * grads
+    elif zero_stage in (1, 2):
+        total = rs(chip, grads, dp) + ag(chip, weights, dp)
+        exposed = (overlapped_exposed_s(backward_s, grads, rs, chip, dp)
+                   + overlapped_exposed_s(forward_s, weights, ag, chip, dp))
+        sent = ring * (grads + weights)
+    else:  # stage 3: per micro-batch, weights gathered for the forward and again for the backward
+        def both(c: ChipSpec, nbytes: float, n: int) -> float:  # a bucket's all-gather and reduce-scatter
+            return ag(c, nbytes * weight_bytes / grad_bytes, n) + rs(c, nbytes, n)
+
+        per_mb = ag(chip, weights, dp) * 2 + rs(chip, grads, dp)
+        total = per_mb * micro_batches
+        exposed = micro_batches * (overlapped_exposed_s(forward_s, weights, ag, chip, dp)
+                                   + overlapped_exposed_s(backward_s, grads, both, chip, dp))
+        sent = micro_batches * ring * (2 * weights + grads)
+    return SyncCost(total, exposed, sent)

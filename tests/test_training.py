@@ -1,0 +1,286 @@
+"""Training: the joint graph from autograd against PyTorch, flop counts worked by hand, the
+optimizers against torch.optim, ZeRO memory against the paper's example, communication overlap
+by hand, and the step model's physical laws."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import mtiasim
+from mtiasim.chips import load_chip
+from mtiasim.cli import app
+from mtiasim.frontend import zoo
+from mtiasim.frontend.zoo.llm import CausalLMLoss
+from mtiasim.graph.execute import execute, module_feeds
+from mtiasim.graph.ir import TensorSpec
+from mtiasim.graph.ops import get_op
+from mtiasim.training import optim
+from mtiasim.training.capture import capture_training
+from mtiasim.training.cost import extrapolate, micro_batch_cost
+from mtiasim.training.memory import model_state_bytes
+from mtiasim.training.sync import BUCKET_BYTES, data_parallel_sync, overlapped_exposed_s
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with GQA attention (2 KV heads for 4 query heads)."""
+
+    def __init__(self, d: int = 32, h: int = 4, kv: int = 2):
+        super().__init__()
+        self.h, self.kv, self.hd = h, kv, d // h
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.RMSNorm(d)
+        self.q, self.kv_proj, self.o = nn.Linear(d, d), nn.Linear(d, 2 * kv * self.hd), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        y = self.norm1(x)
+        q = self.q(y).view(b, s, self.h, self.hd).transpose(1, 2)
+        k, v = self.kv_proj(y).view(b, s, 2, self.kv, self.hd).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, s, d))
+        return x + self.down(F.gelu(self.up(self.norm2(x))))
+
+
+class LoRALinear(nn.Module):
+    """A frozen base weight plus a trainable rank-r update (Hu et al., LoRA, ICLR'22): W x + B A x."""
+
+    def __init__(self, d_in: int, d_out: int, r: int):
+        super().__init__()
+        self.base = nn.Linear(d_in, d_out)
+        self.base.requires_grad_(False)
+        self.a = nn.Parameter(torch.randn(r, d_in) / d_in**0.5)
+        self.b = nn.Parameter(torch.randn(d_out, r) / r)
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.a), self.b)
+
+
+def _check_gradients(module: nn.Module, inputs: tuple, loss_fn=None) -> None:
+    """The joint graph executed on real tensors gives PyTorch's loss and parameter gradients."""
+    tg = capture_training(module, inputs, loss_fn=loss_fn)
+    env = dict(zip(tg.graph.outputs, execute(tg.graph, module_feeds(tg.graph, module, inputs))))
+    module.zero_grad()
+    out = module(*inputs)
+    loss = loss_fn(out) if loss_fn else out.float().square().mean()
+    loss.backward()
+    torch.testing.assert_close(env[tg.loss], loss.detach())
+    params = dict(module.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    assert {tg.graph.meta["targets"][p] for p in tg.grads} == trainable
+    for p, g in tg.grads.items():
+        name = tg.graph.meta["targets"][p]
+        torch.testing.assert_close(env[g], params[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_mlp_gradients_equal_pytorch():
+    torch.manual_seed(0)
+    _check_gradients(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), (torch.randn(4, 16),))
+
+
+def test_transformer_block_gradients_equal_pytorch():
+    torch.manual_seed(0)
+    _check_gradients(Block(), (torch.randn(2, 8, 32),))
+
+
+def test_lora_gradients_only_for_the_adapter():
+    torch.manual_seed(0)
+    m = LoRALinear(16, 16, 4)
+    _check_gradients(m, (torch.randn(4, 16),))
+    tg = capture_training(m.to("meta"), (torch.empty(4, 16, device="meta"),))
+    assert tg.trainable_params == 2 * 4 * 16 and tg.frozen_params == 16 * 16 + 16
+
+
+def test_causal_lm_gradients_equal_pytorch():
+    """A two-layer zoo decoder trained with cross-entropy over every position."""
+    torch.manual_seed(0)
+    w = zoo.get("llama3.1-8b").build(batch=2, seq_len=8, n_layers=2, hidden=32, n_heads=4, n_kv_heads=2, ffn=64,
+                                     vocab=50, device="cpu")
+    ids = w.example_inputs[0]
+    labels = torch.randint(0, 50, ids.shape)
+    _check_gradients(CausalLMLoss(w.module), (ids, labels), loss_fn=lambda loss: loss)
+
+
+def test_attention_backward_matches_autograd():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    do = torch.randn(2, 4, 6, 8)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*leaves, is_causal=True, enable_gqa=True).backward(do)
+    got = get_op("attention_backward").reference(do, q, k, v, causal=True)
+    for g, leaf in zip(got, leaves):
+        torch.testing.assert_close(g, leaf.grad)
+
+
+def test_mlp_training_flops_by_hand():
+    """Linear(1024->4096), ReLU, Linear(4096->1024) on 512 rows: the forward is two GEMMs of
+    2*512*1024*4096 = 4.295 GFLOP. The backward adds three more: dX and dW of the second layer,
+    dW of the first (the input needs no gradient): 5 x 4.295 = 21.47 GFLOP, 2.5x the forward
+    (3x for layers whose input needs a gradient too)."""
+    m = nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 1024)).to("meta")
+    tg = capture_training(m, (torch.empty(512, 1024, device="meta"),))
+    cost, _ = micro_batch_cost(tg, load_chip("h100-sxm-80gb"), "bf16")
+    gemm = 2 * 512 * 1024 * 4096
+    assert cost.matrix_flops == pytest.approx(5 * gemm, rel=1e-9)
+    assert cost.forward_s > 0 and cost.backward_s > cost.forward_s
+
+
+def test_attention_backward_is_two_and_a_half_forwards():
+    """FlashAttention-2 backward: five GEMMs over the score pairs against the forward's two."""
+    q, kv = TensorSpec((2, 8, 128, 64), "bf16"), TensorSpec((2, 2, 128, 64), "bf16")
+    attrs = {"causal": True}
+    fwd = get_op("attention").work([q, kv, kv], [q], attrs)
+    bwd = get_op("attention_backward").work([q, q, kv, kv], [q, kv, kv], attrs)
+    assert bwd.matrix_flops == pytest.approx(2.5 * fwd.matrix_flops)
+
+
+@pytest.mark.parametrize("name,torch_cls,kwargs", [
+    ("adamw", torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    ("sgd", torch.optim.SGD, dict(lr=1e-2, momentum=0.9, weight_decay=0.01)),
+    ("adagrad", torch.optim.Adagrad, dict(lr=1e-2)),
+])
+def test_optimizer_update_equals_torch_optim(name, torch_cls, kwargs):
+    """Two steps of our update formula, the second one through the captured graph, land where
+    torch.optim does."""
+    torch.manual_seed(0)
+    p0, g1, g2 = torch.randn(64), torch.randn(64), torch.randn(64)
+    ref = nn.Parameter(p0.clone())
+    opt = torch_cls([ref], **kwargs)
+    for g in (g1, g2):
+        ref.grad = g.clone()
+        opt.step()
+    ours = optim.get(name)(**kwargs)
+    state = [torch.zeros(64) for _ in range(ours.states)]
+    p, *state = ours.update(p0.clone(), g1, *state, step=1)
+    graph = optim.update_graph(name, 64, tuple(sorted(kwargs.items())))
+    feeds = dict(zip(graph.inputs, [p, g2, *state]))
+    torch.testing.assert_close(execute(graph, feeds)[0], ref.detach())
+
+
+def test_fused_optimizer_reads_and_writes_each_tensor_once():
+    """AdamW over N fp32 parameters: p, g, m, v read and p, m, v written: 28 N bytes."""
+    from mtiasim.compiler import CompileOptions, compile
+
+    n = 10**6
+    program = compile(optim.update_graph("adamw", n), load_chip("h100-sxm-80gb"),
+                      CompileOptions(dtype="fp32", fuse_regions=[optim.FUSED_REGION]), default_dtype="fp32")
+    assert len(program.kernels) == 1
+    assert program.kernels[0].work.bytes == pytest.approx(28 * n)
+
+
+def test_zero_memory_matches_the_papers_example():
+    """ZeRO (SC'20) Figure 1: 7.5B parameters, Adam in mixed precision (K = 12), 64 data-parallel
+    ranks: 120 GB per chip without ZeRO, 31.4 GB with stage 1, 16.6 GB with 2, 1.9 GB with 3."""
+    expected_gb = {0: 120.0, 1: 31.4, 2: 16.6, 3: 1.9}
+    for stage, gb in expected_gb.items():
+        parts = model_state_bytes(7_500_000_000, 0, weight_bytes=2, grad_bytes=2, master_bytes=4,
+                                  optimizer_state_bytes=8, zero_stage=stage, dp=64)
+        assert sum(parts) / 1e9 == pytest.approx(gb, abs=0.05)
+
+
+def test_bucket_overlap_by_hand():
+    """Four 25 MiB buckets ready at 0.25, 0.5, 0.75 and 1.0 s of a 1 s backward. At 0.1 s per
+    bucket only the last one shows (0.1 s); at 0.5 s each they queue: done at 2.25 s, 1.25 s exposed."""
+    chip = load_chip("h100-sxm-80gb")
+    for per_bucket_s, exposed in ((0.1, 0.1), (0.5, 1.25)):
+        def coll(_chip, nbytes, _n, t=per_bucket_s):
+            return t * nbytes / BUCKET_BYTES
+        assert overlapped_exposed_s(1.0, 4 * BUCKET_BYTES, coll, chip, 8) == pytest.approx(exposed)
+
+
+def test_zero3_moves_half_again_the_bytes_of_data_parallel():
+    """ZeRO section 7: plain DP and stages 1-2 move 2 Psi per chip, stage 3 moves 3 Psi."""
+    chip = load_chip("h100-sxm-80gb")
+    kw = dict(dp=8, param_count=1e9, weight_bytes=2, grad_bytes=2, forward_s=1.0, backward_s=2.0, micro_batches=1)
+    sent = {z: data_parallel_sync(chip, zero_stage=z, **kw).bytes_per_chip for z in (0, 1, 3)}
+    assert sent[1] == pytest.approx(sent[0])
+    assert sent[3] == pytest.approx(1.5 * sent[0])
+    assert data_parallel_sync(chip, zero_stage=0, **{**kw, "dp": 1}).total_s == 0.0
+
+
+def test_deep_model_extrapolation_equals_direct_capture():
+    """c(L) = c(1) + (L-1)(c(2) - c(1)) reproduces a four-layer capture: the layers are identical."""
+    entry = zoo.get("llama3.1-8b")
+    cfg = dict(hidden=256, n_heads=4, n_kv_heads=2, ffn=512, vocab=1000)
+    chip = load_chip("mtia-300")
+
+    def cost(layers):
+        w = entry.build(batch=2, seq_len=64, n_layers=layers, **cfg)
+        tg = capture_training(CausalLMLoss(w.module), (w.example_inputs[0], torch.zeros_like(w.example_inputs[0])))
+        return micro_batch_cost(tg, chip, "bf16")[0]
+
+    direct, est = cost(4), extrapolate(cost(1), cost(2), 4)
+    for field in ("forward_s", "backward_s", "matrix_flops", "trainable_params", "activation_bytes"):
+        assert getattr(est, field) == pytest.approx(getattr(direct, field), rel=1e-3), field
+
+
+@pytest.fixture(scope="module")
+def llama_steps():
+    kw = dict(global_batch=16, seq_len=512)
+    return {n: mtiasim.train("llama3.1-8b", system=f"h100-sxm-80gb:{n}", zero_stage=1, **kw) for n in (2, 8)}
+
+
+def test_step_laws(llama_steps):
+    peak = load_chip("h100-sxm-80gb").peak("bf16")
+    for r in llama_steps.values():
+        b = r.breakdown_s
+        assert r.step_time_s == pytest.approx(b.forward + b.backward + b.optimizer + b.communication_exposed
+                                              + b.pipeline_bubble)
+        # nothing beats the roofline: the model's flops at the dense peak of every chip
+        assert r.step_time_s >= r.model_flops_per_step / (peak * r.chips)
+        assert 0 < r.mfu < 1 and r.energy_per_step_j > 0
+        assert r.tokens_per_s == pytest.approx(r.samples_per_s * 512)
+        assert r.global_batch == r.micro_batch * r.data_parallel * r.micro_batches
+    two, eight = llama_steps[2], llama_steps[8]
+    # more data-parallel chips: faster steps, never better than linear, less optimizer state per chip
+    assert eight.samples_per_s > two.samples_per_s
+    assert eight.samples_per_s <= 4 * two.samples_per_s * 1.0001
+    assert eight.memory_breakdown_bytes.optimizer_state == pytest.approx(two.memory_breakdown_bytes.optimizer_state / 4)
+
+
+def test_zero3_shards_weights_and_costs_communication():
+    kw = dict(global_batch=8, seq_len=256, system="h100-sxm-80gb:8")
+    plain, z3 = mtiasim.train("llama3.1-8b", **kw), mtiasim.train("llama3.1-8b", zero_stage=3, **kw)
+    assert z3.memory_per_chip_bytes < plain.memory_per_chip_bytes
+    assert z3.memory_breakdown_bytes.weights == pytest.approx(plain.memory_breakdown_bytes.weights / 8)
+    assert z3.communication_total_s > plain.communication_total_s
+
+
+def test_time_to_train_and_fit():
+    r = mtiasim.train("llama3.1-8b", system="h100-sxm-80gb:1", global_batch=1, seq_len=256,
+                      samples_to_converge=1000)
+    assert r.time_to_train_s == pytest.approx(1000 / r.samples_per_s)
+    assert not r.fits and "does not fit" in r.notes[0]  # 8B with AdamW states alone is 128 GB
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(global_batch=12, micro_batch=1, system="h100-sxm-80gb:8"), "not a multiple"),
+    (dict(optimizer="lion"), "unknown optimizer"),
+    (dict(precision="int8"), "unknown training precision"),
+    (dict(zero_stage=4), "zero_stage"),
+    (dict(samples_to_converge=-1.0), "samples_to_converge"),
+])
+def test_bad_training_input_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mtiasim.train("llama3.1-8b", **{"seq_len": 128, **kwargs})
+
+
+def test_module_without_example_inputs_is_refused():
+    with pytest.raises(ValueError, match="example_inputs"):
+        mtiasim.train(nn.Linear(4, 4))
+
+
+def test_cli_train_json():
+    res = CliRunner().invoke(app, ["train", "llama3.1-8b", "--system", "mtia-300:8", "--global-batch", "16",
+                                   "--seq-len", "256", "--zero", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    for key in ("step_time_s", "samples_per_s", "tokens_per_s", "mfu", "memory_per_chip_bytes", "fits",
+                "breakdown_s", "time_to_train_s"):
+        assert key in d
+    assert set(d["breakdown_s"]) == {"forward", "backward", "optimizer", "communication_exposed", "pipeline_bubble"}
