@@ -1,4 +1,5 @@
-"""Collective costs on a chip's scale-up link (ring algorithms, alpha-beta model).
+"""Collective costs on a chip's scale-up link, and hierarchically over its scale-out link when a
+group spans several scale-up domains (ring algorithms, alpha-beta model).
 
 Ring all-reduce over n chips moves 2 (n-1)/n of the buffer over each link in 2 (n-1) steps; all-
 to-all moves (n-1)/n in n-1 steps (Thakur, Rabenseifner and Gropp, IJHPCA 2005). The achievable
@@ -31,14 +32,37 @@ def link_bandwidth_bytes_per_s(chip: ChipSpec) -> float:
     return bw
 
 
-def _ring_phases_s(chip: ChipSpec, nbytes: float, n: int, phases: int) -> float:
+def _ring_s(bandwidth_bytes_per_s: float, nbytes: float, n: int, phases: int) -> float:
     """``phases`` passes of a ring over ``n`` chips: each pass moves (n-1)/n of ``nbytes`` over
     every link in n-1 steps (alpha-beta model)."""
     if n <= 1 or nbytes <= 0:
         return 0.0
     c = _cal()
-    bw = link_bandwidth_bytes_per_s(chip) * c["link_efficiency"].value
-    return phases * ((n - 1) / n * nbytes / bw + (n - 1) * c["step_latency_s"].value)
+    return phases * ((n - 1) / n * nbytes / (bandwidth_bytes_per_s * c["link_efficiency"].value)
+                     + (n - 1) * c["step_latency_s"].value)
+
+
+def _domains(chip: ChipSpec, n: int) -> tuple[int, int, float] | None:
+    """(chips per scale-up domain, domains, scale-out bandwidth per chip) when ``n`` chips span
+    several scale-up domains joined by the chip's scale-out link; None within one domain."""
+    size = chip.scale_up.domain_size.value if chip.scale_up and chip.scale_up.domain_size else None
+    out = chip.scale_out.bandwidth_bytes_per_s.value if chip.scale_out else None
+    if not size or not out or n <= size or n % int(size):
+        return None
+    return int(size), n // int(size), out
+
+
+def _ring_phases_s(chip: ChipSpec, nbytes: float, n: int, phases: int) -> float:
+    """``phases`` ring passes over ``n`` chips. Across scale-up domains the pass is hierarchical,
+    as NCCL runs it on rail-optimised clusters: within each domain over the scale-up link, then
+    between domains over every chip's own scale-out NIC in parallel, each carrying 1/g of the
+    buffer (g chips per domain), then within the domain again."""
+    spans = _domains(chip, n)
+    if spans is None:
+        return _ring_s(link_bandwidth_bytes_per_s(chip), nbytes, n, phases)
+    g, domains, out_bw = spans
+    inside = _ring_s(link_bandwidth_bytes_per_s(chip), nbytes, g, phases)
+    return inside + _ring_s(out_bw, nbytes / g, domains, phases)
 
 
 def allreduce_s(chip: ChipSpec, nbytes: float, n: int) -> float:
@@ -47,8 +71,15 @@ def allreduce_s(chip: ChipSpec, nbytes: float, n: int) -> float:
 
 
 def alltoall_s(chip: ChipSpec, nbytes: float, n: int) -> float:
-    """All-to-all of ``nbytes`` per chip: (n-1)/n of it leaves each chip (one pass)."""
-    return _ring_phases_s(chip, nbytes, n, 1)
+    """All-to-all of ``nbytes`` per chip: (n-1)/n of it leaves each chip (one pass). Across
+    scale-up domains the (n-g)/n bound for other domains leaves over the chip's scale-out link,
+    which then sets the time."""
+    spans = _domains(chip, n)
+    if spans is None:
+        return _ring_s(link_bandwidth_bytes_per_s(chip), nbytes, n, 1)
+    g, _, out_bw = spans
+    c = _cal()
+    return (n - g) / n * nbytes / (out_bw * c["link_efficiency"].value) + (n - 1) * c["step_latency_s"].value
 
 
 def reduce_scatter_s(chip: ChipSpec, nbytes: float, n: int) -> float:
