@@ -120,6 +120,16 @@ def bench_train_405b() -> dict:
             "value_s": cold, "target_s": 2.0}
 
 
+def bench_validate_training() -> dict:
+    """``validate --training`` over the packaged MLPerf Training calibration CSV (164 rows)."""
+    from mtiasim.validate.training import validate_training
+
+    t = time.perf_counter()
+    rep = validate_training()
+    return {"name": f"validate --training, {rep.total.rows} rows ({rep.total.predicted} predicted, "
+                    f"MAPE {rep.total.mape_pct:.1f}%)", "value_s": time.perf_counter() - t, "target_s": 300.0}
+
+
 def bench_serving() -> tuple[dict, list[dict]]:
     """llama2-70b FP8 on h100-sxm-80gb:8 (TP=1 x DP=8), OpenOrca-like lengths. The step-cost grids
     are built once per process (first call) and excluded, like the capture cache above."""
@@ -166,8 +176,8 @@ def bench_batched_server() -> dict:
 
 def main() -> int:
     serving, scaling = bench_serving()
-    rows = [bench_dlrm(), bench_llama(), bench_capture_405b(), bench_capture_hf_8b(), bench_train_405b(), serving,
-            bench_qps_search(), bench_batched_server()]
+    rows = [bench_dlrm(), bench_llama(), bench_capture_405b(), bench_capture_hf_8b(), bench_train_405b(),
+            bench_validate_training(), serving, bench_qps_search(), bench_batched_server()]
     rows = [r for r in rows if r is not None]
     ok = True
     print(f"{'benchmark':70s} {'value':>10s} {'target':>10s}  ok")

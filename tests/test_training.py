@@ -284,3 +284,97 @@ def test_cli_train_json():
                 "breakdown_s", "time_to_train_s"):
         assert key in d
     assert set(d["breakdown_s"]) == {"forward", "backward", "optimizer", "communication_exposed", "pipeline_bubble"}
+
+
+def test_lamb_step_by_hand():
+    """First LAMB step, no weight decay: m^ = g, v^ = g^2, so r = g / (|g| + eps) = sign(g). With
+    p = (2, 2, 2, 2): ||p|| = 4, ||r|| = 2, trust ratio 2, so p' = p - lr * 2 * sign(g)."""
+    opt = optim.get("lamb")(lr=0.1, weight_decay=0.0, eps=1e-12)
+    p, g = torch.full((4,), 2.0), torch.tensor([0.5, -3.0, 1e-3, -2.0])
+    new_p, m, v = opt.update(p, g, torch.zeros(4), torch.zeros(4), step=1)
+    torch.testing.assert_close(new_p, p - 0.1 * 2 * torch.sign(g))
+
+
+def test_hierarchical_allreduce_by_hand():
+    """1 GB over 16 H100s = two NVLink domains of 8 joined by one 50 GB/s NIC per GPU (links at
+    78% efficiency, 5 us per ring step): within a domain 2 x (7/8 x 1 GB / 351 GB/s + 7 x 5 us)
+    = 5.056 ms, between the two domains each GPU's NIC carries 1/8 of the buffer:
+    2 x (1/2 x 125 MB / 39 GB/s + 5 us) = 3.215 ms; 8.271 ms in all."""
+    from mtiasim.system.collectives import allreduce_s
+
+    h100 = load_chip("h100-sxm-80gb")
+    assert allreduce_s(h100, 1e9, 16) == pytest.approx(8.271e-3, rel=1e-3)
+    # within one domain the scale-out link is not used; more scale-out bandwidth never slows it
+    assert allreduce_s(h100, 1e9, 8) < allreduce_s(h100, 1e9, 16)
+    faster = load_chip("h100-sxm-80gb", {"scale_out.bandwidth_bytes_per_s": "100 GB/s"})
+    assert allreduce_s(faster, 1e9, 16) < allreduce_s(h100, 1e9, 16)
+    assert allreduce_s(faster, 1e9, 8) == allreduce_s(h100, 1e9, 8)
+
+
+def _shard_graph(tp: int):
+    entry = zoo.get("llama3.1-8b")
+    w = entry.build(batch=1, seq_len=128, n_layers=1, hidden=256, n_heads=8, n_kv_heads=4, ffn=512, vocab=1000,
+                    head_dim=32)
+    return capture_training(CausalLMLoss(w.module), (w.example_inputs[0], torch.zeros_like(w.example_inputs[0])))
+
+
+def test_sequence_parallel_shrinks_only_the_residual_stream():
+    """Splitting the model-width tensors over 4 chips shrinks the activations, but by less than
+    4x: the attention and MLP internals of a shard are not model-width tensors."""
+    from mtiasim.training.memory import activation_peak_bytes
+
+    tg = _shard_graph(1)
+    whole, split = activation_peak_bytes(tg, 2.0), activation_peak_bytes(tg, 2.0, (256, 4))
+    assert whole / 4 < split < whole
+
+
+def test_lora_wraps_the_named_projections():
+    """Llama with LoRA rank 8 on qkv_proj and o_proj: per layer A is r x in and B is out x r;
+    qkv_proj is 256 -> (8 + 2 x 4) x 32 = 512, o_proj 256 -> 256."""
+    from mtiasim.training.lora import apply_lora
+
+    w = zoo.get("llama3.1-8b").build(batch=1, seq_len=16, n_layers=2, hidden=256, n_heads=8, n_kv_heads=4,
+                                     ffn=512, vocab=1000, head_dim=32)
+    assert apply_lora(w.module, 8) == 4
+    trainable = sum(p.numel() for p in w.module.parameters() if p.requires_grad)
+    assert trainable == 2 * (8 * 256 + 512 * 8 + 8 * 256 + 256 * 8)
+    with pytest.raises(ValueError, match="no nn.Linear named"):
+        apply_lora(nn.Sequential(nn.Linear(4, 4)), 2)
+
+
+def test_tensor_parallel_divides_weights_and_adds_communication():
+    """One TP=4 group (no data parallelism): its only collectives are Megatron's 4 all-reduces per
+    layer of the layer's output, 1 x 512 tokens x 4096 x 2 bytes, over the 4 chips, 32 layers."""
+    from mtiasim.system.collectives import allreduce_s
+
+    one = mtiasim.train("llama3.1-8b", global_batch=1, seq_len=512, system="h100-sxm-80gb:1")
+    tp4 = mtiasim.train("llama3.1-8b", global_batch=1, seq_len=512, system="h100-sxm-80gb:4", tp=4)
+    assert tp4.data_parallel == 1 and tp4.sequence_parallel
+    assert tp4.memory_breakdown_bytes.weights == pytest.approx(one.memory_breakdown_bytes.weights / 4, rel=0.02)
+    expected = 32 * 4 * allreduce_s(load_chip("h100-sxm-80gb"), 512 * 4096 * 2, 4)
+    assert tp4.breakdown_s.communication_exposed == pytest.approx(expected)
+    # a quarter of the GEMM work per chip: faster, never better than 4x (the shapes are smaller)
+    assert one.breakdown_s.forward / 4 <= tp4.breakdown_s.forward < one.breakdown_s.forward
+    with pytest.raises(ValueError, match="does not divide"):
+        mtiasim.train("llama3.1-8b", tp=3, global_batch=1, seq_len=512, system="h100-sxm-80gb:6")
+
+
+def test_full_recompute_trades_time_for_memory():
+    kw = dict(global_batch=1, seq_len=1024, system="h100-sxm-80gb:1")
+    none, full = mtiasim.train("llama3.1-8b", **kw), mtiasim.train("llama3.1-8b", recompute="full", **kw)
+    assert full.memory_breakdown_bytes.activations < none.memory_breakdown_bytes.activations / 4
+    assert full.breakdown_s.backward == pytest.approx(none.breakdown_s.backward + none.breakdown_s.forward)
+    assert full.model_flops_per_step == none.model_flops_per_step  # model flops exclude the recompute
+
+
+def test_hugging_face_model_trains_without_example_inputs():
+    """A transformers Llama on meta tensors: inputs from micro_batch and seq_len, every parameter
+    trained (the GQA repeat_kv of HF's eager attention folded into the fused attention op)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                                   num_key_value_heads=4, vocab_size=1000)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    r = mtiasim.train(model, system="h100-sxm-80gb:8", micro_batch=2, seq_len=128, global_batch=16)
+    assert r.trainable_params == sum(p.numel() for p in model.parameters())
+    assert r.micro_batches == 1 and r.tokens_per_s == pytest.approx(r.samples_per_s * 128)

@@ -365,11 +365,16 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
               micro_batch: int | None = typer.Option(None, "--micro-batch", min=1, help="Samples per chip per "
                                                      "forward/backward (default: global batch / chips)."),
               seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="LLMs: tokens per sequence."),
-              optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, sgd or adagrad."),
+              optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, lamb, sgd or adagrad."),
               precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 (default), fp16 or fp8 "
                                                    "(mixed precision, fp32 master weights)."),
               zero: int = typer.Option(0, "--zero", min=0, max=3, help="ZeRO stage: 1 shards the optimizer state, "
                                        "2 the gradients too, 3 the weights too."),
+              tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree (zoo decoders); the other "
+                                     "chips are data-parallel ranks."),
+              recompute: str = typer.Option("none", "--recompute", help="Activation recompute: none or full."),
+              lora_rank: int | None = typer.Option(None, "--lora-rank", min=1, help="Freeze the model and train "
+                                                   "rank-r LoRA adapters on its qkv_proj and o_proj."),
               samples_to_converge: float | None = typer.Option(None, "--samples-to-converge",
                                                                help="Samples to reach the target: gives time to train."),
               engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
@@ -380,8 +385,8 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
 
     try:
         r = train(model, system=system, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
-                  optimizer=optimizer, precision=precision, zero_stage=zero, samples_to_converge=samples_to_converge,
-                  engine=engine)
+                  optimizer=optimizer, precision=precision, zero_stage=zero, tp=tp, recompute=recompute,
+                  lora_rank=lora_rank, samples_to_converge=samples_to_converge, engine=engine)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if as_json:
@@ -398,13 +403,21 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
 def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
                                                  "mlperf_calibration.csv (default: the packaged calibration set)."),
                  as_json: bool = typer.Option(False, "--json"),
+                 training: bool = typer.Option(False, "--training", help="Predict MLPerf Training time-to-train "
+                                               "rows instead (columns of mlperf_training_calibration.csv)."),
                  jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes; rows sharing a benchmark, "
                                           "system and round stay together. The result does not depend on it.")):
     """Predict every row of a measurement CSV and report the errors (MAPE, coverage). A p99
     latency row is read at the predicted Server operating point (the largest load meeting the
     benchmark's bounds), from the same prediction as its submission's throughput row. Each total
     also gives its spread floor: the MAPE of the best single value per configuration, the part of
-    the error that is the submitters' own spread."""
+    the error that is the submitters' own spread. With --training, each row's time to train is
+    predicted from its benchmark's samples to converge and the predicted training throughput."""
+    if training:
+        if jobs != 1:
+            _fail(ValueError("--jobs applies to inference validation; --training runs in one process"))
+        _validate_training(data, as_json)
+        return
     from mtiasim.validate import validate
 
     try:
@@ -417,6 +430,22 @@ def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with 
     from mtiasim.report.tables import validation_tables
 
     for t in validation_tables(rep):
+        out.print(t)
+
+
+def _validate_training(data: str | None, as_json: bool) -> None:
+    from mtiasim.validate.training import validate_training
+
+    try:
+        rep = validate_training(data)
+    except ValueError as e:
+        _fail(e)
+    if as_json:
+        _dump(rep.model_dump(mode="json"))
+        return
+    from mtiasim.report.tables import training_validation_tables
+
+    for t in training_validation_tables(rep):
         out.print(t)
 
 

@@ -111,16 +111,17 @@ def _moe_fake(x: Tensor, router: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, top
 # Algorithms 1 and 2), which save only the output and the row log-sum-exp. Training capture
 # (``training/capture.py``) routes SDPA to these two ops so the joint graph shows those kernels.
 @torch.library.custom_op("mtiasim::attention", mutates_args=())
-def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
               scale: float | None = None, enable_gqa: bool = False) -> Tensor:
-    """``F.scaled_dot_product_attention`` as one opaque op (its backward is :func:`attention_backward`)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+    """``F.scaled_dot_product_attention`` as one opaque op (its backward is :func:`attention_backward`);
+    its arguments keep SDPA's names, which the capture rewrites address."""
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                           enable_gqa=enable_gqa)
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
-    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+def _attention_fake(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    return query.new_empty((*query.shape[:-1], value.shape[-1]))
 
 
 @torch.library.custom_op("mtiasim::attention_backward", mutates_args=())

@@ -73,7 +73,8 @@ def training_table(r: Any) -> Table:
     b, m = r.breakdown_s, r.memory_breakdown_bytes
     rows = [
         ("system / precision / optimizer", f"{r.system} / {r.precision} / {r.optimizer} (ZeRO {r.zero_stage})"),
-        ("global batch = micro x chips x steps", f"{r.global_batch} = {r.micro_batch} x {r.data_parallel} x "
+        ("layout", f"TP={r.tensor_parallel} x DP={r.data_parallel}, recompute {r.recompute}"),
+        ("global batch = micro x DP x steps", f"{r.global_batch} = {r.micro_batch} x {r.data_parallel} x "
          f"{r.micro_batches}" + (f"  (seq_len {r.seq_len})" if r.seq_len else "")),
         ("parameters trainable / frozen", f"{si(r.trainable_params)} / {si(r.frozen_params)}"),
         ("step time", si(r.step_time_s, "s")),
@@ -221,3 +222,23 @@ def ranking_table(rep: Any) -> Table:
         rows.append((f"SLO p99 <= {si(rep.slo_p99_s, 's')}", "MET" if rep.meets_slo else "MISSED"))
     rows.append(("simulator wall time", si(rep.wall_s, "s")))
     return kv_table(f"serving {rep.model} on {rep.system} ({rep.dtype})", rows)
+
+
+def training_validation_tables(rep: Any) -> list[Table]:
+    """Per-row predictions and the summary of a :class:`~mtiasim.validate.training.TrainingValidation`."""
+    rows = Table(title=f"MLPerf Training time to train: {rep.source}")
+    for c in ("line", "benchmark", "accelerator", "chips", "GBS", "measured", "predicted", "APE", "deployment / reason"):
+        rows.add_column(c, justify="right" if c in ("line", "chips", "GBS", "measured", "predicted", "APE") else "left")
+    for r in rep.by_row:
+        rows.add_row(str(r.line), r.benchmark, r.accelerator, r.n_accel, r.global_batch_size,
+                     "-" if r.measured_min is None else f"{r.measured_min:.2f} min",
+                     "-" if r.predicted_min is None else f"{r.predicted_min:.2f} min",
+                     "-" if r.ape_pct is None else f"{r.ape_pct:.1f}%", r.deployment or r.reason or "")
+    summary = Table(title="error by benchmark (no value is fitted to these rows: all out of sample)")
+    for c in ("benchmark", "rows", "predicted", "coverage", "MAPE", "median APE"):
+        summary.add_column(c, justify="left" if c == "benchmark" else "right")
+    for name, s in [*rep.by_benchmark.items(), ("all", rep.total)]:
+        summary.add_row(name, str(s.rows), str(s.predicted), f"{s.coverage_pct:.0f}%",
+                        "-" if s.mape_pct is None else f"{s.mape_pct:.1f}%",
+                        "-" if s.median_ape_pct is None else f"{s.median_ape_pct:.1f}%")
+    return [rows, summary]

@@ -40,7 +40,8 @@ def _run(program: Any, engine: str, engine_options: Mapping[str, Any] | None, **
 
 def micro_batch_cost(tg: TrainingGraph, chip: ChipSpec, precision: str, *, engine: str = "analytical",
                      engine_options: Mapping[str, Any] | None = None, batch: int = 1,
-                     seq_len: int | None = None) -> tuple[MicroBatchCost, Result]:
+                     seq_len: int | None = None, sequence_split: tuple[int, int] | None = None
+                     ) -> tuple[MicroBatchCost, Result]:
     program = compile(tg.graph, chip, CompileOptions(dtype=precision), default_dtype=precision)
     r = _run(program, engine, engine_options, model=tg.graph.name, phase="train", batch=batch, seq_len=seq_len,
              kv_len=None, dtype=precision, items=batch, item_unit="sample")
@@ -48,7 +49,7 @@ def micro_batch_cost(tg: TrainingGraph, chip: ChipSpec, precision: str, *, engin
     cost = MicroBatchCost(
         forward_s=fwd, backward_s=r.latency_s - fwd,
         matrix_flops=sum(k.work.matrix_flops for k in program.kernels), flops=r.flops, energy_j=r.energy_j,
-        activation_bytes=activation_peak_bytes(tg, nbytes(activation_dtype(precision))),
+        activation_bytes=activation_peak_bytes(tg, nbytes(activation_dtype(precision)), sequence_split),
         trainable_params=tg.trainable_params, frozen_params=tg.frozen_params)
     return cost, r
 
@@ -80,3 +81,18 @@ def optimizer_cost(name: str, numel: float, chip: ChipSpec, *, engine: str = "an
     r = _run(program, engine, engine_options, model=graph.name, phase="optimizer", batch=1, seq_len=None,
              kv_len=None, dtype="fp32", items=1, item_unit="step")
     return OptimizerCost(r.latency_s, r.energy_j)
+
+
+def full_recompute(cost: MicroBatchCost, one: MicroBatchCost, two: MicroBatchCost, layers: int,
+                   layer_input_bytes: float) -> MicroBatchCost:
+    """Full activation recompute (Chen et al., "Training Deep Nets with Sublinear Memory Cost",
+    2016; Megatron's ``--recompute-granularity full``): each layer keeps only its input and runs its
+    forward again in the backward. Activations: the non-layer part (embeddings, loss) plus one
+    layer's full set plus every layer's input; backward time gains one forward (the loss head's
+    forward is counted too, a slight overestimate); energy grows with the time."""
+    per_layer = two.activation_bytes - one.activation_bytes
+    base = one.activation_bytes - per_layer
+    backward = cost.backward_s + cost.forward_s
+    grow = (cost.forward_s + backward) / (cost.forward_s + cost.backward_s) if cost.backward_s else 1.0
+    return replace(cost, backward_s=backward, energy_j=None if cost.energy_j is None else cost.energy_j * grow,
+                   activation_bytes=max(0.0, base) + per_layer + layers * layer_input_bytes)

@@ -36,8 +36,15 @@ class TrainingMemory(BaseModel):
         return self.weights + self.gradients + self.optimizer_state + self.activations
 
 
-def activation_peak_bytes(tg: TrainingGraph, act_bytes: float) -> float:
-    """Peak live activation bytes over the joint graph (see the module docstring)."""
+def activation_peak_bytes(tg: TrainingGraph, act_bytes: float, sequence_split: tuple[int, int] | None = None
+                          ) -> float:
+    """Peak live activation bytes over the joint graph (see the module docstring).
+
+    ``sequence_split = (hidden, tp)``: Megatron sequence parallelism (Korthikanti et al., "Reducing
+    Activation Recomputation in Large Transformer Models", 2022, section 4.2.2) splits the tensors
+    outside the tensor-parallel regions, the residual stream and the norms' inputs and outputs,
+    along the sequence over the ``tp`` chips: in a shard's graph those are the activations whose
+    last dimension is the model width ``hidden``, counted at 1/tp."""
     g = tg.graph
     base = view_bases(g)
     skip = {t for t, s in g.tensors.items() if s.kind != "activation"} | set(tg.grads.values())
@@ -50,7 +57,10 @@ def activation_peak_bytes(tg: TrainingGraph, act_bytes: float) -> float:
 
     def size(t: str) -> float:
         s = g.tensors[t]
-        return s.numel * (act_bytes if s.dtype in FLOAT_DTYPES else nbytes(s.dtype))
+        b = s.numel * (act_bytes if s.dtype in FLOAT_DTYPES else nbytes(s.dtype))
+        if sequence_split and len(s.shape) >= 2 and s.shape[-1] == sequence_split[0]:
+            b /= sequence_split[1]
+        return b
 
     live = peak = 0.0
     frees: dict[int, float] = {}

@@ -95,6 +95,31 @@ class AdamW(Optimizer):
 
 
 @register
+class LAMB(Optimizer):
+    """LAMB (You et al., ICLR'20, Algorithm 2; NVIDIA's MLPerf BERT uses apex's FusedLAMB): Adam's
+    bias-corrected step plus weight decay, r = m^ / (sqrt(v^) + eps) + wd p, scaled per layer by
+    the trust ratio ||p|| / ||r||. The update here is one layer's: over a flat shard of many layers
+    it costs the same passes (two norms, one update) but the trust ratio would be the shard's."""
+
+    name = "lamb"
+    states = 2
+    description = "LAMB: Adam moments plus a per-layer trust ratio, two fp32 tensors per parameter"
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6):
+        super().__init__(lr, weight_decay)
+        self.betas, self.eps = betas, eps
+
+    def update(self, p, g, m, v, step=1):
+        b1, b2 = self.betas
+        m = m * b1 + g * (1 - b1)
+        v = v * b2 + g * g * (1 - b2)
+        r = (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + self.eps) + self.weight_decay * p
+        trust = p.norm() / r.norm()
+        return p - self.lr * trust * r, m, v
+
+
+@register
 class Adagrad(Optimizer):
     """``torch.optim.Adagrad`` (no decay): s += g^2; p -= lr g / (sqrt(s) + eps)."""
 

@@ -30,9 +30,12 @@ class TrainingReport(BaseModel):
     precision: str
     optimizer: str
     data_parallel: int
+    tensor_parallel: int
+    sequence_parallel: bool
     zero_stage: int
+    recompute: str
     global_batch: int = Field(description="samples (sequences for LLMs) per optimizer step")
-    micro_batch: int = Field(description="samples per chip per forward/backward")
+    micro_batch: int = Field(description="samples per data-parallel rank per forward/backward")
     micro_batches: int = Field(description="gradient-accumulation steps per optimizer step")
     seq_len: int | None
     trainable_params: int

@@ -12,7 +12,8 @@ launched as soon as the backward has produced it. Buckets are taken to become re
 through the backward, and their collectives run one after another on the links; what is still
 running when the backward ends is exposed. The weight all-gathers overlap the forward the
 same way. Not modelled yet: collectives slowing the compute beside them (on GPUs NCCL runs on
-SMs), and collectives across a scale-out network (the system is one scale-up domain)."""
+SMs), and NCCL's tree algorithms (every collective here is a ring, hierarchical across scale-up
+domains, see ``system/collectives.py``)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,17 @@ def data_parallel_sync(chip: ChipSpec, *, dp: int, zero_stage: int, param_count:
                                    + overlapped_exposed_s(backward_s, grads, both, chip, dp))
         sent = micro_batches * ring * (2 * weights + grads)
     return SyncCost(total, exposed, sent)
+
+
+def tensor_parallel_s(chip: ChipSpec, *, tp: int, layers: int, activation_bytes: float, recompute: bool) -> float:
+    """Megatron tensor parallelism's collectives for one micro-batch (Shoeybi et al., 2019,
+    section 3, Figure 4): per layer an all-reduce of the layer's output activations after the
+    attention and after the MLP in the forward (operator g) and two of their gradients in the
+    backward (operator f), 4 per layer; full recompute repeats the forward's 2. With sequence
+    parallelism each all-reduce becomes a reduce-scatter and an all-gather, the same volume
+    (Korthikanti et al., 2022, section 4.2.2). They sit between dependent GEMMs, so none is hidden
+    here (overlapping them with the GEMMs, as NeMo's tp_comm_overlap does, is not modelled)."""
+    if tp <= 1:
+        return 0.0
+    per_layer = 4 + (2 if recompute else 0)
+    return layers * per_layer * collectives.allreduce_s(chip, activation_bytes, tp)
