@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtiasim.graph.ops import get_op
 from mtiasim.graph.ops.attention import attention_grads
 
 
@@ -152,3 +153,75 @@ def _attention_grad(ctx, grad_out):
 
 
 attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+
+
+# ---- backward passes of the fused recommendation ops (training) --------------------------------
+# The dense ops' gradients are written in aten ops, so a joint graph shows their GEMMs. The TBE's
+# gradient is FBGEMM's fused backward: each looked-up row is updated in place by the optimizer
+# (rowwise Adagrad in MLPerf DLRM-DCNv2), never materialised as a dense gradient of the table.
+@torch.library.custom_op("mtiasim::tbe_backward", mutates_args=())
+def tbe_backward(grad_out: Tensor, indices: Tensor, weights: Tensor, pooling_factors: list[int],
+                 rows: list[int]) -> Tensor:
+    """The gradient of :func:`tbe` with respect to ``weights`` (a dense scatter-add here; the
+    simulator charges FBGEMM's fused sparse update, ``graph/ops/embedding.py``)."""
+    return get_op("tbe_backward").reference(grad_out, indices, weights, pooling_factors, rows)
+
+
+@tbe_backward.register_fake
+def _tbe_backward_fake(grad_out, indices, weights, pooling_factors, rows):
+    return torch.empty_like(weights)
+
+
+def _tbe_setup(ctx, inputs, output):
+    indices, weights, pooling_factors, rows = inputs
+    ctx.save_for_backward(indices, weights)
+    ctx.layout = (list(pooling_factors), list(rows))
+
+
+def _tbe_grad(ctx, grad_out):
+    indices, weights = ctx.saved_tensors
+    return None, torch.ops.mtiasim.tbe_backward(grad_out, indices, weights, *ctx.layout), None, None
+
+
+tbe.register_autograd(_tbe_grad, setup_context=_tbe_setup)
+
+
+def _dcn_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _dcn_grad(ctx, grad):
+    """out = x0 * (V (U xl) + b) + xl, with h = U xl and z = V h + b: dz = grad * x0,
+    dx0 = grad * z, dxl = grad + U^T V^T dz, dU = (V^T dz) xl^T, dV = dz h^T, db = sum dz."""
+    x0, xl, u, v, b = ctx.saved_tensors
+    h = F.linear(xl, u)
+    z = F.linear(h, v, b)
+    dz = grad * x0
+    dh = dz @ v
+    def flat(t: Tensor) -> Tensor:  # leading dimensions as rows
+        return t.reshape(-1, t.shape[-1])
+
+    return (grad * z, grad + dh @ u, flat(dh).T @ flat(xl), flat(dz).T @ flat(h), flat(dz).sum(0))
+
+
+dcn_cross.register_autograd(_dcn_grad, setup_context=_dcn_setup)
+
+
+def _dot_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _dot_grad(ctx, grad):
+    """out = [dense, tril(F F^T)] with F = [dense; sparse]: the pair gradients scattered into a
+    lower-triangular G give dF = (G + G^T) F."""
+    dense, sparse = ctx.saved_tensors
+    feats = torch.cat([dense.unsqueeze(1), sparse], dim=1)
+    n, d = feats.shape[1], dense.shape[1]
+    li, lj = torch.tril_indices(n, n, offset=-1, device=feats.device)
+    g = grad.new_zeros((grad.shape[0], n, n))
+    g[:, li, lj] = grad[:, d:]
+    dfeats = (g + g.transpose(1, 2)) @ feats
+    return grad[:, :d] + dfeats[:, 0], dfeats[:, 1:]
+
+
+dot_interaction.register_autograd(_dot_grad, setup_context=_dot_setup)

@@ -284,6 +284,12 @@ def _tbe(n):
     return "tbe", [n.args[0], n.args[1]], {"pooling_factors": list(n.args[2]), "rows": list(n.args[3])}
 
 
+@rule("mtiasim.tbe_backward")
+def _tbe_backward(n):
+    return "tbe_backward", [n.args[0], n.args[1], n.args[2]], {"pooling_factors": list(n.args[3]),
+                                                               "rows": list(n.args[4])}
+
+
 @rule("mtiasim.dcn_cross")
 def _dcn(n):
     return "dcn_cross", list(n.args[:5]), {}

@@ -27,7 +27,7 @@ from mtiasim.training.cost import (
 from mtiasim.training.lora import DEFAULT_TARGETS
 from mtiasim.training.memory import TrainingMemory, model_state_bytes
 from mtiasim.training.report import StepBreakdown, TrainingReport
-from mtiasim.training.sync import data_parallel_sync, tensor_parallel_s
+from mtiasim.training.sync import data_parallel_sync, embedding_exchange_s, tensor_parallel_s
 from mtiasim.training.workload import Trainee, module_trainee, zoo_trainee
 
 #: bytes per parameter of (weights, gradients, fp32 master copy) by training precision: 16-bit and
@@ -125,21 +125,27 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
 
     weight_b, grad_b, master_b = PRECISIONS[precision]
     trainable, frozen = int(mb.trainable_params), int(mb.frozen_params)
+    dense = trainable - int(mb.sparse_params)  # embedding tables: updated in the TBE backward, sharded
     weights, grads, opt_state = model_state_bytes(
-        trainable, frozen, weight_bytes=weight_b, grad_bytes=grad_b, master_bytes=master_b,
+        dense, frozen, weight_bytes=weight_b, grad_bytes=grad_b, master_bytes=master_b,
         optimizer_state_bytes=optim.state_bytes_per_param(opt_cls.name), zero_stage=zero_stage, dp=dp)
+    weights += mb.sparse_params * weight_b / sys_spec.count
+    opt_state += mb.sparse_rows * 4.0 / sys_spec.count  # a rowwise-Adagrad accumulator per row
     memory = TrainingMemory(weights=weights, gradients=grads, optimizer_state=opt_state,
                             activations=mb.activation_bytes)
 
-    opt = optimizer_cost(opt_cls.name, trainable / dp if zero_stage >= 1 else trainable, chip, engine=engine,
+    opt = optimizer_cost(opt_cls.name, dense / dp if zero_stage >= 1 else dense, chip, engine=engine,
                          engine_options=engine_options)
-    sync = data_parallel_sync(chip, dp=dp, zero_stage=zero_stage, param_count=trainable, weight_bytes=weight_b,
+    sync = data_parallel_sync(chip, dp=dp, zero_stage=zero_stage, param_count=dense, weight_bytes=weight_b,
                               grad_bytes=grad_b, forward_s=mb.forward_s, backward_s=mb.backward_s,
                               micro_batches=micro_batches)
     tp_s = micro_batches * tensor_parallel_s(chip, tp=tp, layers=job.layers or 0, activation_bytes=layer_io,
                                              recompute=recompute == "full")
+    emb_s = micro_batches * embedding_exchange_s(chip, chips=sys_spec.count,
+                                                 pooled_bytes=mb.pooled_embedding_elements * act_bytes)
     breakdown = StepBreakdown(forward=micro_batches * mb.forward_s, backward=micro_batches * mb.backward_s,
-                              optimizer=opt.time_s, communication_exposed=sync.exposed_s + tp_s, pipeline_bubble=0.0)
+                              optimizer=opt.time_s, communication_exposed=sync.exposed_s + tp_s + emb_s,
+                              pipeline_bubble=0.0)
     step_s = sum(breakdown.model_dump().values())
     model_flops = micro_batches * sys_spec.count * mb.matrix_flops  # recompute's repeated forward not counted
     peak = chip.peak(compute_dtype(chip, precision))
@@ -160,7 +166,7 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
         sequence_parallel=split is not None, zero_stage=zero_stage,
         recompute=recompute, global_batch=global_batch, micro_batch=micro_batch, micro_batches=micro_batches,
         seq_len=job.seq_len, trainable_params=trainable, frozen_params=frozen, step_time_s=step_s,
-        breakdown_s=breakdown, communication_total_s=sync.total_s + tp_s, samples_per_s=samples_per_s,
+        breakdown_s=breakdown, communication_total_s=sync.total_s + tp_s + emb_s, samples_per_s=samples_per_s,
         tokens_per_s=samples_per_s * job.seq_len if job.seq_len else None, model_flops_per_step=model_flops,
         mfu=model_flops / (step_s * sys_spec.count * peak) if peak else None,
         memory_per_chip_bytes=memory.total, memory_breakdown_bytes=memory, memory_capacity_bytes=capacity,

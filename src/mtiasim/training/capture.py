@@ -45,6 +45,25 @@ class TrainingGraph:
         return sum(self.graph.tensors[p].numel for p in self.grads)
 
     @property
+    def sparse(self) -> frozenset[str]:
+        """Embedding tables a fused TBE backward updates in place (no dense gradient, no optimizer
+        step of their own, sharded over the chips rather than replicated)."""
+        return frozenset(n.inputs[2] for n in self.graph.nodes if n.op == "tbe_backward")
+
+    @property
+    def sparse_params(self) -> int:
+        return sum(self.graph.tensors[p].numel for p in self.sparse)
+
+    @property
+    def sparse_rows(self) -> int:
+        return sum(self.graph.tensors[p].shape[0] for p in self.sparse)
+
+    @property
+    def pooled_embedding_elements(self) -> int:
+        """Elements of the pooled embeddings the TBEs produce (what model parallelism exchanges)."""
+        return sum(self.graph.tensors[n.outputs[0]].numel for n in self.graph.nodes if n.op == "tbe")
+
+    @property
     def frozen_params(self) -> int:
         return sum(self.graph.tensors[p].numel for p in self.graph.params()
                    if p not in self.grads and self.graph.tensors[p].kind == "param")

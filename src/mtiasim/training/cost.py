@@ -32,6 +32,9 @@ class MicroBatchCost:
     activation_bytes: float
     trainable_params: float
     frozen_params: float
+    sparse_params: float = 0.0  # embedding tables updated in the fused TBE backward
+    sparse_rows: float = 0.0
+    pooled_embedding_elements: float = 0.0
 
 
 def _run(program: Any, engine: str, engine_options: Mapping[str, Any] | None, **meta: Any) -> Result:
@@ -50,7 +53,8 @@ def micro_batch_cost(tg: TrainingGraph, chip: ChipSpec, precision: str, *, engin
         forward_s=fwd, backward_s=r.latency_s - fwd,
         matrix_flops=sum(k.work.matrix_flops for k in program.kernels), flops=r.flops, energy_j=r.energy_j,
         activation_bytes=activation_peak_bytes(tg, nbytes(activation_dtype(precision)), sequence_split),
-        trainable_params=tg.trainable_params, frozen_params=tg.frozen_params)
+        trainable_params=tg.trainable_params, frozen_params=tg.frozen_params, sparse_params=tg.sparse_params,
+        sparse_rows=tg.sparse_rows, pooled_embedding_elements=tg.pooled_embedding_elements)
     return cost, r
 
 

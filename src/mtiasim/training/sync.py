@@ -91,3 +91,14 @@ def tensor_parallel_s(chip: ChipSpec, *, tp: int, layers: int, activation_bytes:
         return 0.0
     per_layer = 4 + (2 if recompute else 0)
     return layers * per_layer * collectives.allreduce_s(chip, activation_bytes, tp)
+
+
+def embedding_exchange_s(chip: ChipSpec, *, chips: int, pooled_bytes: float) -> float:
+    """Model-parallel embeddings for one micro-batch (Naumov et al., DLRM, arXiv 1906.00091,
+    section 4; TorchRec's sharded EmbeddingBagCollection): tables are spread over the chips, so
+    the pooled embeddings of a chip's samples come back in an all-to-all in the forward and their
+    gradients go out in another in the backward. Not overlapped here (TorchRec's train pipeline
+    can hide part of them behind the dense compute)."""
+    if chips <= 1 or pooled_bytes <= 0:
+        return 0.0
+    return 2 * collectives.alltoall_s(chip, pooled_bytes, chips)

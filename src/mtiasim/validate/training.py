@@ -9,7 +9,8 @@ A row's prediction is samples to converge at its global batch (``training_benchm
 the benchmark's logs) over the predicted samples per second of the benchmark's deployment on the
 row's system: the largest micro-batch (a divisor of the per-rank batch) that fits in memory without
 recompute, else the largest that fits with full recompute. Nothing in the training model is fitted to these
-rows: every row is out of sample. Evaluation passes inside the timed region are not modelled yet.
+rows: every row is out of sample. Evaluation inside the timed region is added where the benchmark's
+logs give its size and period (DLRM-DCNv2); elsewhere it is not modelled yet.
 """
 
 from __future__ import annotations
@@ -119,6 +120,17 @@ def _deploy(bench: dict[str, Any], system: str, dp: int, rows_per_rank: int, pre
     return None, last
 
 
+def eval_s(bench: dict[str, Any], converge: float, r: TrainingReport) -> float:
+    """Evaluation inside the timed region, where the benchmark's logs give its size and period:
+    every ``eval_every_samples`` trained, a forward pass over ``eval_samples`` at the step's
+    forward throughput (the whole system, the training micro-batch)."""
+    if not bench.get("eval_samples") or not bench.get("eval_every_samples"):
+        return 0.0
+    evals = math.floor(converge / bench["eval_every_samples"])
+    forward_samples_per_s = r.global_batch / r.breakdown_s.forward
+    return evals * bench["eval_samples"] / forward_samples_per_s
+
+
 class _Predictor:
     def __init__(self) -> None:
         self.cache: dict[tuple, tuple[float | None, str | None, str | None]] = {}
@@ -164,8 +176,9 @@ class _Predictor:
             return None, None, str(e)
         if r is None:
             return None, None, how
-        sequences_per_s = r.samples_per_s * per_sample
-        return samples_to_converge(bench["samples_to_converge"], gbs) / sequences_per_s / 60.0, how, None
+        converge = samples_to_converge(bench["samples_to_converge"], gbs)
+        train_s = converge / (r.samples_per_s * per_sample)
+        return (train_s + eval_s(bench, converge, r)) / 60.0, how, None
 
 
 def validate_training(path: str | Path | None = None) -> TrainingValidation:

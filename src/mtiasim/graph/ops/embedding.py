@@ -93,3 +93,38 @@ class TableBatchedEmbedding(OpDef):
             col += pf
             row0 += n
         return torch.stack(outs, dim=1)
+
+
+@register_op
+class TableBatchedEmbeddingBackward(OpDef):
+    """FBGEMM's fused TBE backward with the optimizer: grad_out [B, T, D], indices [B, sum(P)],
+    tables [sum(rows), D] -> the updated tables (in place). For every lookup the row's gradient
+    (a D-slice of grad_out) is applied with rowwise Adagrad (one fp32 accumulator per row,
+    FBGEMM's EXACT_ROWWISE_ADAGRAD): read the row and its accumulator, write both back. About
+    4 flops per element (accumulate, square-sum, scale, update). Duplicate indices in a batch,
+    which FBGEMM merges after sorting, are rare for lookups spread over tables this large."""
+
+    name = "tbe_backward"
+    engine = "memory"
+
+    def infer(self, inputs, attrs):
+        return [TensorSpec(inputs[2].shape, inputs[2].dtype)]
+
+    def work(self, inputs, outputs, attrs):
+        grad, indices, weights = inputs
+        b, lookups, d = indices.shape[0], indices.shape[1], weights.shape[1]
+        row = d * nbytes(weights.dtype) + 4.0  # the row and its rowwise-Adagrad accumulator
+        touched = b * lookups * row
+        return Work(vector_flops=4.0 * b * lookups * d,
+                    bytes_read={"in0": grad.nbytes, "in1": indices.nbytes, "in2": touched},
+                    bytes_written={"out0": touched}, gather={"in2": row})
+
+    def reference(self, grad_out, indices, weights, pooling_factors, rows, **_):
+        """The table's gradient (a dense scatter-add); the optimizer step is not applied here."""
+        grad, col, row0 = torch.zeros_like(weights), 0, 0
+        for t, (pf, n) in enumerate(zip(pooling_factors, rows)):
+            idx = indices[:, col : col + pf] + row0
+            grad.index_add_(0, idx.reshape(-1), grad_out[:, t].repeat_interleave(pf, dim=0))
+            col += pf
+            row0 += n
+        return grad
