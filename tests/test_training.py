@@ -24,7 +24,7 @@ from mtiasim.training import optim
 from mtiasim.training.capture import capture_training
 from mtiasim.training.cost import extrapolate, micro_batch_cost
 from mtiasim.training.memory import model_state_bytes
-from mtiasim.training.sync import BUCKET_BYTES, data_parallel_sync, overlapped_exposed_s
+from mtiasim.training.sync import BUCKET_BYTES, bucketed, data_parallel_sync
 
 
 class Block(nn.Module):
@@ -190,7 +190,8 @@ def test_bucket_overlap_by_hand():
     for per_bucket_s, exposed in ((0.1, 0.1), (0.5, 1.25)):
         def coll(_chip, nbytes, _n, t=per_bucket_s):
             return t * nbytes / BUCKET_BYTES
-        assert overlapped_exposed_s(1.0, 4 * BUCKET_BYTES, coll, chip, 8) == pytest.approx(exposed)
+        o = bucketed(1.0, 4 * BUCKET_BYTES, coll, chip, 8)
+        assert o.exposed_s == pytest.approx(exposed) and o.total_s == pytest.approx(4 * per_bucket_s)
 
 
 def test_zero3_moves_half_again_the_bytes_of_data_parallel():
@@ -436,3 +437,41 @@ def test_dlrm_trains_with_sharded_tables_and_no_dense_table_gradients():
     assert r.memory_breakdown_bytes.optimizer_state == pytest.approx(dense * (4 + 4) + rows * 4 / 8)
     single = mtiasim.train("dlrm-v2", system="h100-sxm-80gb:1", global_batch=1024, optimizer="adagrad")
     assert r.communication_total_s > 0 and single.communication_total_s == 0
+
+
+def test_one_f_one_b_bubble_by_hand():
+    """Stage times 1 s forward and 2 s backward, 4 micro-batches over 8 stages: 4 x (1 + 2) = 12 s
+    of work and a (8 - 1) x 3 = 21 s bubble (Narayanan et al., SC'21, section 2.2); two virtual
+    stages per chip halve the bubble; the first stage holds min(8, 4) = 4 micro-batches."""
+    from mtiasim.training.cost import MicroBatchCost
+    from mtiasim.training.pipeline import one_f_one_b
+
+    stage = MicroBatchCost(1.0, 2.0, 0.0, 0.0, None, 0.0, 0.0, 0.0)
+    s = one_f_one_b(stage, 4, 8)
+    assert (s.forward_s, s.backward_s, s.bubble_s, s.in_flight) == (4.0, 8.0, 21.0, 4)
+    assert one_f_one_b(stage, 4, 8, virtual=2).bubble_s == 10.5
+
+
+def test_pipeline_parallel_step():
+    one = mtiasim.train("llama3.1-8b", global_batch=8, seq_len=512, system="h100-sxm-80gb:1")
+    pp4 = mtiasim.train("llama3.1-8b", global_batch=8, micro_batch=1, seq_len=512, system="h100-sxm-80gb:4", pp=4)
+    assert pp4.pipeline_parallel == 4 and pp4.micro_batches == 8
+    assert pp4.breakdown_s.pipeline_bubble > 0
+    # each stage holds a quarter of the layers; weights per chip fall by about 4x (the embedding and
+    # head are counted on the stage that sets the pace)
+    assert pp4.memory_breakdown_bytes.weights == pytest.approx(one.memory_breakdown_bytes.weights / 4, rel=0.01)
+    assert one.step_time_s / 4 < pp4.step_time_s < one.step_time_s
+    with pytest.raises(ValueError, match="must divide"):
+        mtiasim.train("llama3.1-8b", global_batch=8, seq_len=512, system="h100-sxm-80gb:5", pp=5)
+
+
+def test_tree_allreduce_between_domains_by_hand():
+    """64 GPUs, one per node (a data-parallel group of model-parallel shards), 50 GB/s NICs at 78%:
+    for 1 MB the ring's 2 x 63 steps of 5 us cost more than NCCL's tree (2 x 1 MB / 39 GB/s +
+    2 x 6 x 5 us = 0.111 ms); for 1 GB the ring wins (2 x (63/64 x 1 GB / 39 GB/s + 63 x 5 us)
+    = 51.1 ms against the tree's 51.3 ms)."""
+    from mtiasim.system.collectives import allreduce_s
+
+    h100 = load_chip("h100-sxm-80gb")
+    assert allreduce_s(h100, 1e6, 64, per_domain=1) == pytest.approx(1.113e-4, rel=2e-3)
+    assert allreduce_s(h100, 1e9, 64, per_domain=1) == pytest.approx(51.11e-3, rel=1e-3)

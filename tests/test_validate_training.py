@@ -46,7 +46,7 @@ def test_validate_training_rows(small_csv):
     bert, dlrm, lora, tpu, nan = rep.by_row
     # BERT on one 8-GPU node, nothing fitted to it: within 15% of the measured time to train
     assert bert.ape_pct is not None and bert.ape_pct < 15, bert
-    assert dlrm.ape_pct is not None and dlrm.deployment.startswith("TP=1 x DP=4")
+    assert dlrm.ape_pct is not None and dlrm.deployment.startswith("TP=1 x PP=1 x DP=4")
     assert "context or pipeline parallelism" in lora.reason
     assert "no chip preset" in tpu.reason
     assert "not a positive number" in nan.reason

@@ -13,7 +13,7 @@ from mtiasim.frontend.zoo import Workload, ZooModel
 
 EXPECTED_NAMES = {
     "dlrm-v2", "ranking-lc", "ranking-hc", "llama2-7b", "llama2-13b", "llama2-70b", "llama3.1-8b",
-    "llama3.1-70b", "llama3.1-405b", "mixtral-8x7b", "gptj-6b", "bert-large", "resnet50",
+    "llama3.1-70b", "llama3.1-405b", "mixtral-8x7b", "gptj-6b", "gpt3-175b", "bert-large", "resnet50",
 }
 TINY_LLAMA = {"n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn": 128, "vocab": 100}
 
@@ -167,6 +167,12 @@ def test_param_count_other_llms():
     assert zoo.get("llama3.1-70b").param_count() == 70_553_706_496
     assert zoo.get("llama3.1-405b").param_count() == 405_853_388_800
     assert zoo.get("llama2-13b").param_count() == 13_015_864_320
+    # GPT-3 175B, d = 12288: per layer QKV and output with biases 4d^2 + 4d, FFN 8d^2 + 5d, two
+    # LayerNorms 4d: 12d^2 + 13d = 1,812,099,072; x 96 layers, plus the 50257 x d embedding and an
+    # untied LM head of the same size and the final LayerNorm 2d: 175,196,651,520 (the paper's
+    # 175.0B ties the head and adds 2048 x d learned positions)
+    assert zoo.get("gpt3-175b").param_count() == 96 * (12 * 12288**2 + 13 * 12288) + 2 * 50257 * 12288 + 2 * 12288
+    assert zoo.get("gpt3-175b").param_count() == 175_196_651_520
 
 
 def test_param_count_dlrm_v2():

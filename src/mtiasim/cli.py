@@ -372,6 +372,7 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
                                        "2 the gradients too, 3 the weights too."),
               tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree (zoo decoders); the other "
                                      "chips are data-parallel ranks."),
+              pp: int = typer.Option(1, "--pp", min=1, help="Pipeline stages (zoo decoders; 1F1B schedule)."),
               recompute: str = typer.Option("none", "--recompute", help="Activation recompute: none or full."),
               lora_rank: int | None = typer.Option(None, "--lora-rank", min=1, help="Freeze the model and train "
                                                    "rank-r LoRA adapters on its qkv_proj and o_proj."),
@@ -385,7 +386,7 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
 
     try:
         r = train(model, system=system, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
-                  optimizer=optimizer, precision=precision, zero_stage=zero, tp=tp, recompute=recompute,
+                  optimizer=optimizer, precision=precision, zero_stage=zero, tp=tp, pp=pp, recompute=recompute,
                   lora_rank=lora_rank, samples_to_converge=samples_to_converge, engine=engine)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)

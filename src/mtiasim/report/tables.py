@@ -73,7 +73,8 @@ def training_table(r: Any) -> Table:
     b, m = r.breakdown_s, r.memory_breakdown_bytes
     rows = [
         ("system / precision / optimizer", f"{r.system} / {r.precision} / {r.optimizer} (ZeRO {r.zero_stage})"),
-        ("layout", f"TP={r.tensor_parallel} x DP={r.data_parallel}, recompute {r.recompute}"),
+        ("layout", f"TP={r.tensor_parallel} x PP={r.pipeline_parallel} x DP={r.data_parallel}, "
+                   f"recompute {r.recompute}"),
         ("global batch = micro x DP x steps", f"{r.global_batch} = {r.micro_batch} x {r.data_parallel} x "
          f"{r.micro_batches}" + (f"  (seq_len {r.seq_len})" if r.seq_len else "")),
         ("parameters trainable / frozen", f"{si(r.trainable_params)} / {si(r.frozen_params)}"),

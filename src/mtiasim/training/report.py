@@ -31,6 +31,8 @@ class TrainingReport(BaseModel):
     optimizer: str
     data_parallel: int
     tensor_parallel: int
+    pipeline_parallel: int
+    virtual_stages: int
     sequence_parallel: bool
     zero_stage: int
     recompute: str

@@ -7,19 +7,21 @@ weights in the forward and again in the backward and reduce-scatters the gradien
 every micro-batch.
 
 How it overlaps: as PyTorch DDP does, gradients are grouped in buckets of ``BUCKET_BYTES``
-(``bucket_cap_mb=25``, the ``DistributedDataParallel`` default), each bucket's collective
+(``bucket_cap_mb=25``, the ``DistributedDataParallel`` default; a model-parallel layout runs as
+Megatron-LM does, with its larger buckets, ``megatron_bucket_bytes``), each bucket's collective
 launched as soon as the backward has produced it. Buckets are taken to become ready evenly
 through the backward, and their collectives run one after another on the links; what is still
 running when the backward ends is exposed. The weight all-gathers overlap the forward the
 same way. Not modelled yet: collectives slowing the compute beside them (on GPUs NCCL runs on
-SMs), and NCCL's tree algorithms (every collective here is a ring, hierarchical across scale-up
-domains, see ``system/collectives.py``)."""
+SMs). The collectives themselves (rings, hierarchical across scale-up domains, trees between
+domains for all-reduces) are ``system/collectives.py``'s."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from mtiasim.chips import ChipSpec
 from mtiasim.system import collectives
@@ -29,17 +31,31 @@ BUCKET_BYTES = 25 * 2**20
 Collective = Callable[[ChipSpec, float, int], float]
 
 
-def overlapped_exposed_s(compute_s: float, nbytes: float, collective: Collective, chip: ChipSpec, n: int) -> float:
-    """Time ``nbytes`` of ``collective`` runs past the end of ``compute_s`` of compute that
-    produces (or consumes) it bucket by bucket."""
+@dataclass(frozen=True)
+class Overlap:
+    total_s: float  # every bucket's collective, end to end
+    exposed_s: float  # what runs past the compute's end
+
+
+def megatron_bucket_bytes(dp: int, grad_bytes: float) -> float:
+    """Megatron-LM's gradient bucket: max(40M, 1M x data-parallel size) parameters
+    (``DistributedDataParallelConfig.bucket_size``'s default), large enough that the per-bucket
+    latency of a ring over many ranks does not dominate."""
+    return max(40e6, 1e6 * dp) * grad_bytes
+
+
+def bucketed(compute_s: float, nbytes: float, collective: Collective, chip: ChipSpec, n: int,
+             bucket_bytes: float = BUCKET_BYTES) -> Overlap:
+    """``nbytes`` of ``collective`` in buckets of ``bucket_bytes``, each ready after its share of
+    ``compute_s`` (the compute that produces or consumes it) and run one after another."""
     if n <= 1 or nbytes <= 0:
-        return 0.0
-    buckets = max(1, math.ceil(nbytes / BUCKET_BYTES))
+        return Overlap(0.0, 0.0)
+    buckets = max(1, math.ceil(nbytes / bucket_bytes))
     per_bucket_s = collective(chip, nbytes / buckets, n)
     done = 0.0
     for i in range(buckets):
         done = max(done, compute_s * (i + 1) / buckets) + per_bucket_s
-    return done - compute_s
+    return Overlap(buckets * per_bucket_s, done - compute_s)
 
 
 @dataclass(frozen=True)
@@ -50,33 +66,33 @@ class SyncCost:
 
 
 def data_parallel_sync(chip: ChipSpec, *, dp: int, zero_stage: int, param_count: float, weight_bytes: float,
-                       grad_bytes: float, forward_s: float, backward_s: float, micro_batches: int) -> SyncCost:
+                       grad_bytes: float, forward_s: float, backward_s: float, micro_batches: int,
+                       per_domain: int | None = None, bucket_bytes: float = BUCKET_BYTES) -> SyncCost:
     """The data-parallel collectives of one step over ``dp`` chips (see the module docstring);
-    ``forward_s``/``backward_s`` are one micro-batch's."""
+    ``forward_s``/``backward_s`` are one micro-batch's; ``per_domain`` of the ``dp`` chips share
+    a scale-up domain (``system/collectives.py``); gradients travel in ``bucket_bytes`` buckets."""
     if dp <= 1:
         return SyncCost(0.0, 0.0, 0.0)
     grads, weights = param_count * grad_bytes, param_count * weight_bytes
     ring = (dp - 1) / dp
-    ag, rs, ar = collectives.allgather_s, collectives.reduce_scatter_s, collectives.allreduce_s
+    ag, rs, ar = (partial(f, per_domain=per_domain) for f in (collectives.allgather_s, collectives.reduce_scatter_s,
+                                                              collectives.allreduce_s))
     if zero_stage == 0:
-        total = ar(chip, grads, dp)
-        exposed = overlapped_exposed_s(backward_s, grads, ar, chip, dp)
-        sent = 2 * ring * grads
+        parts = [bucketed(backward_s, grads, ar, chip, dp, bucket_bytes)]
+        sent, repeats = 2 * ring * grads, 1
     elif zero_stage in (1, 2):
-        total = rs(chip, grads, dp) + ag(chip, weights, dp)
-        exposed = (overlapped_exposed_s(backward_s, grads, rs, chip, dp)
-                   + overlapped_exposed_s(forward_s, weights, ag, chip, dp))
-        sent = ring * (grads + weights)
+        parts = [bucketed(backward_s, grads, rs, chip, dp, bucket_bytes),
+                 bucketed(forward_s, weights, ag, chip, dp, bucket_bytes)]
+        sent, repeats = ring * (grads + weights), 1
     else:  # stage 3: per micro-batch, weights gathered for the forward and again for the backward
         def both(c: ChipSpec, nbytes: float, n: int) -> float:  # a bucket's all-gather and reduce-scatter
             return ag(c, nbytes * weight_bytes / grad_bytes, n) + rs(c, nbytes, n)
 
-        per_mb = ag(chip, weights, dp) * 2 + rs(chip, grads, dp)
-        total = per_mb * micro_batches
-        exposed = micro_batches * (overlapped_exposed_s(forward_s, weights, ag, chip, dp)
-                                   + overlapped_exposed_s(backward_s, grads, both, chip, dp))
-        sent = micro_batches * ring * (2 * weights + grads)
-    return SyncCost(total, exposed, sent)
+        parts = [bucketed(forward_s, weights, ag, chip, dp, bucket_bytes),
+                 bucketed(backward_s, grads, both, chip, dp, bucket_bytes)]
+        sent, repeats = ring * (2 * weights + grads), micro_batches
+    return SyncCost(repeats * sum(p.total_s for p in parts), repeats * sum(p.exposed_s for p in parts),
+                    repeats * sent)
 
 
 def tensor_parallel_s(chip: ChipSpec, *, tp: int, layers: int, activation_bytes: float, recompute: bool) -> float:
@@ -102,3 +118,18 @@ def embedding_exchange_s(chip: ChipSpec, *, chips: int, pooled_bytes: float) -> 
     if chips <= 1 or pooled_bytes <= 0:
         return 0.0
     return 2 * collectives.alltoall_s(chip, pooled_bytes, chips)
+
+
+def pipeline_p2p_s(chip: ChipSpec, *, tp: int, pp: int, activation_bytes: float) -> float:
+    """Stage-to-stage sends of a 1F1B step left on the critical path: the fill and the drain, one
+    micro-batch's boundary activations forward and their gradients back over each of the p - 1
+    boundaries (the steady state's sends overlap the compute). A pipeline replica of tp x pp
+    chips larger than the scale-up domain sends over the scale-out link."""
+    if pp <= 1 or activation_bytes <= 0:
+        return 0.0
+    size = chip.scale_up.domain_size.value if chip.scale_up and chip.scale_up.domain_size else None
+    if size and tp * pp > size and chip.scale_out and chip.scale_out.bandwidth_bytes_per_s.value:
+        one = collectives.p2p_s(chip, activation_bytes, chip.scale_out.bandwidth_bytes_per_s.value)
+    else:
+        one = collectives.p2p_s(chip, activation_bytes)
+    return 2 * (pp - 1) * one

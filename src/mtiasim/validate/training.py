@@ -97,15 +97,19 @@ def _summary(rs: list[TrainingRowResult]) -> TrainingSummary:
 
 def _deploy(bench: dict[str, Any], system: str, dp: int, rows_per_rank: int, precision: str
             ) -> tuple[TrainingReport | None, str]:
-    """The benchmark's deployment: the largest micro-batch (halving from the whole per-rank batch,
-    the rest as gradient accumulation) that fits without recompute, else the largest that fits
-    with full recompute (recompute costs a forward; a smaller micro-batch costs little); or the
-    last attempt's reason."""
+    """The benchmark's deployment: its layout (TP, PP, ZeRO stage) from ``training_benchmarks.yaml``,
+    and the submitters' micro-batch where their configs give one, else the largest micro-batch
+    (a divisor of the per-rank batch, the rest as gradient accumulation) that fits without
+    recompute, else the largest that fits with full recompute (recompute costs a forward; a
+    smaller micro-batch costs little); or the last attempt's reason."""
     kw = dict(system=system, global_batch=rows_per_rank * dp, seq_len=bench.get("seq_len"),
-              optimizer=bench["optimizer"], precision=precision, tp=bench.get("tp", 1),
-              lora_rank=bench.get("lora_rank"))
+              optimizer=bench["optimizer"], precision=precision, tp=bench.get("tp", 1), pp=bench.get("pp", 1),
+              zero_stage=bench.get("zero_stage", 0), lora_rank=bench.get("lora_rank"))
     last = "no micro-batch size tried"
     sizes = [m for m in range(rows_per_rank, 0, -1) if rows_per_rank % m == 0]
+    if bench.get("micro_batch"):  # the submitters' own micro-batch, where their launch configs give it
+        sizes = [bench["micro_batch"]] if rows_per_rank % bench["micro_batch"] == 0 else []
+        last = f"micro-batch {bench['micro_batch']} does not divide the {rows_per_rank} samples per rank"
     for recompute in ("none", "full"):
         for micro in sizes:
             try:
@@ -114,8 +118,8 @@ def _deploy(bench: dict[str, Any], system: str, dp: int, rows_per_rank: int, pre
                 last = str(e)
                 continue
             if r.fits:
-                return r, (f"TP={r.tensor_parallel} x DP={r.data_parallel}, micro-batch {micro} x "
-                           f"{r.micro_batches}, recompute {recompute}, {precision}")
+                return r, (f"TP={r.tensor_parallel} x PP={r.pipeline_parallel} x DP={r.data_parallel}, "
+                           f"micro-batch {micro} x {r.micro_batches}, recompute {recompute}, {precision}")
             last = r.notes[0]
     return None, last
 
@@ -162,10 +166,10 @@ class _Predictor:
     @staticmethod
     def _predict(bench: dict[str, Any], chip: str, n: int, gbs: int, precision: str
                  ) -> tuple[float | None, str | None, str | None]:
-        tp = bench.get("tp", 1)
-        if n % tp:
-            return None, None, f"{n} chips do not form tensor-parallel groups of {tp}"
-        dp, per_sample = n // tp, float(bench.get("sequences_per_sample", 1.0))
+        group = bench.get("tp", 1) * bench.get("pp", 1)
+        if n % group:
+            return None, None, f"{n} chips do not form model-parallel groups of {group} (TP x PP)"
+        dp, per_sample = n // group, float(bench.get("sequences_per_sample", 1.0))
         rows_per_rank = gbs / dp / per_sample
         if rows_per_rank < 1 or (per_sample == 1.0 and gbs % dp):
             return None, None, (f"global batch {gbs} does not split over {dp} data-parallel ranks (the submission "

@@ -355,3 +355,16 @@ for _name, _cfg, _repo, _sec, _dtype in [
         "on the last position only; decode: one token against a [L,2,B,KV,kv_len,hd] KV cache.",
         _dtype,
     ))
+
+# GPT-3 175B (Brown et al., "Language Models are Few-Shot Learners", NeurIPS 2020, Table 2.1: 96
+# layers, d_model 12288, 96 heads of 128, FFN 4 x d_model, 2048-token context; the MLPerf
+# Training gpt3 benchmark's model). Stand-in details: rotary positions instead of GPT-3's learned
+# ones (the same cost to within the position table), the GPT-2 BPE vocabulary of 50257.
+register(LLMModel(
+    "gpt3-175b", LLMConfig(96, 12288, 96, 96, 49152, 50257, norm="layer", act="gelu", max_positions=2048,
+                           attn_bias=True, mlp_bias=True),
+    "Brown et al., NeurIPS 2020, Table 2.1 (GPT-3 175B); MLPerf Training gpt3",
+    "gpt3-175b: decoder-only LM, 96 layers, hidden 12288, 96 heads, head_dim 128, ffn 49152, vocab 50257 "
+    "(rotary positions stand in for GPT-3's learned ones).",
+    "bf16",
+))
