@@ -120,6 +120,24 @@ def bench_train_405b() -> dict:
             "value_s": cold, "target_s": 2.0}
 
 
+SEARCH_405B = """
+import time
+from mtiasim.training.search import search
+t = time.perf_counter()
+res = search("llama3.1-405b", "h100-sxm-80gb:16384", 2048, seq_len=8192)
+print(time.perf_counter() - t, res.evaluated, res.fitting)
+"""
+
+
+def bench_train_search_405b() -> dict:
+    """``mtiasim train llama3.1-405b --system h100-sxm-80gb:16384 --search`` in a fresh process
+    (captures included)."""
+    out = subprocess.run([sys.executable, "-c", SEARCH_405B], capture_output=True, text=True, check=True)
+    dt, evaluated, fitting = out.stdout.split()
+    return {"name": f"train --search llama3.1-405b on 16,384 H100s ({evaluated} layouts, {fitting} fit)",
+            "value_s": float(dt), "target_s": 60.0}
+
+
 def bench_validate_training() -> dict:
     """``validate --training`` over the packaged MLPerf Training calibration CSV (164 rows)."""
     from mtiasim.validate.training import validate_training
@@ -177,7 +195,7 @@ def bench_batched_server() -> dict:
 def main() -> int:
     serving, scaling = bench_serving()
     rows = [bench_dlrm(), bench_llama(), bench_capture_405b(), bench_capture_hf_8b(), bench_train_405b(),
-            bench_validate_training(), serving, bench_qps_search(), bench_batched_server()]
+            bench_train_search_405b(), bench_validate_training(), serving, bench_qps_search(), bench_batched_server()]
     rows = [r for r in rows if r is not None]
     ok = True
     print(f"{'benchmark':70s} {'value':>10s} {'target':>10s}  ok")

@@ -379,11 +379,17 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
               samples_to_converge: float | None = typer.Option(None, "--samples-to-converge",
                                                                help="Samples to reach the target: gives time to train."),
               engine: str = typer.Option("analytical", "--engine", help="analytical (any chip) or gpu (GPU presets)."),
+              search_layouts: bool = typer.Option(False, "--search", help="Zoo decoders: enumerate TP x PP x DP, "
+                                                  "ZeRO, micro-batch and recompute; rank the layouts that fit."),
+              top: int = typer.Option(10, "--top", min=1, help="--search: how many layouts to show."),
               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Predict a training step: forward, backward (from PyTorch autograd), optimizer and exposed
     data-parallel communication; throughput, MFU, memory per chip, energy, time to train."""
     from mtiasim.training import train
 
+    if search_layouts:
+        _train_search(model, system, global_batch, seq_len, precision, optimizer, top, as_json)
+        return
     try:
         r = train(model, system=system, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
                   optimizer=optimizer, precision=precision, zero_stage=zero, tp=tp, pp=pp, recompute=recompute,
@@ -398,6 +404,24 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
     out.print(training_table(r))
     for n in r.notes:
         out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+
+
+def _train_search(model: str, system: str, global_batch: int | None, seq_len: int | None, precision: str | None,
+                  optimizer: str, top: int, as_json: bool) -> None:
+    from mtiasim.training.search import search
+
+    if global_batch is None:
+        _fail(ValueError("--search needs --global-batch"))
+    try:
+        res = search(model, system, global_batch, seq_len=seq_len, precision=precision, optimizer=optimizer, top=top)
+    except (ChipError, CaptureError, ValueError, KeyError) as e:
+        _fail(e)
+    if as_json:
+        _dump({**res.model_dump(mode="json"), "ranked": [r.to_dict() for r in res.ranked]})
+        return
+    from mtiasim.report.tables import search_table
+
+    out.print(search_table(res))
 
 
 @app.command("validate")

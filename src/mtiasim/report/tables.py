@@ -243,3 +243,18 @@ def training_validation_tables(rep: Any) -> list[Table]:
                         "-" if s.mape_pct is None else f"{s.mape_pct:.1f}%",
                         "-" if s.median_ape_pct is None else f"{s.median_ape_pct:.1f}%")
     return [rows, summary]
+
+
+def search_table(res: Any) -> Table:
+    """A :class:`~mtiasim.training.search.SearchResult`: the fastest layouts that fit."""
+    t = Table(title=f"{res.fitting} of {res.evaluated} layouts fit ({res.elapsed_s:.1f} s); fastest first")
+    for c in ("TP", "PP", "DP", "micro-batch", "ZeRO", "recompute", "step", "MFU", "memory/chip", "bubble", "exposed comm"):
+        t.add_column(c, justify="right")
+    for r in res.ranked:
+        t.add_row(str(r.tensor_parallel), str(r.pipeline_parallel), str(r.data_parallel), str(r.micro_batch),
+                  str(r.zero_stage), r.recompute, si(r.step_time_s, "s"), "-" if r.mfu is None else f"{100 * r.mfu:.1f}%",
+                  si(r.memory_per_chip_bytes, "B"), si(r.breakdown_s.pipeline_bubble, "s"),
+                  si(r.breakdown_s.communication_exposed, "s"))
+    if res.rejected:
+        t.caption = "not ranked: " + "; ".join(f"{why} ({n})" for why, n in res.rejected.items())
+    return t

@@ -26,7 +26,7 @@ from mtiasim.training.cost import (
 )
 from mtiasim.training.lora import DEFAULT_TARGETS
 from mtiasim.training.memory import TrainingMemory, model_state_bytes
-from mtiasim.training.pipeline import one_f_one_b, stage_cost
+from mtiasim.training.pipeline import one_f_one_b, stage_cost, stage_layers
 from mtiasim.training.report import StepBreakdown, TrainingReport
 from mtiasim.training.sync import (
     BUCKET_BYTES,
@@ -106,9 +106,9 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
 
     job = _trainee(model_or_name, dp=dp, tp=tp, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
                    example_inputs=example_inputs, loss_fn=loss_fn, lora_rank=lora_rank, lora_targets=lora_targets)
-    if pp > 1 and (job.layers is None or job.layers % (pp * virtual_stages)):
-        raise ValueError(f"pp={pp} x virtual_stages={virtual_stages} must divide a zoo decoder's layers "
-                         f"({job.layers if job.layers is not None else 'not a zoo decoder'})")
+    if pp > 1 and (job.layers is None or job.layers < pp * virtual_stages):
+        raise ValueError(f"pp={pp} x virtual_stages={virtual_stages} needs a zoo decoder with at least that many "
+                         f"layers ({job.layers if job.layers is not None else 'not a zoo decoder'})")
     micro_batch = job.micro_batch
     global_batch = global_batch or micro_batch * dp
     if global_batch % (micro_batch * dp):
@@ -128,7 +128,7 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
     if recompute == "full":
         if not deep:
             raise ValueError("recompute='full' needs a zoo decoder (its layers are where activations are dropped)")
-        stage = full_recompute(stage, costs[0], costs[1], job.layers // pp, layer_io / (tp if split else 1))
+        stage = full_recompute(stage, costs[0], costs[1], stage_layers(job.layers, pp), layer_io / (tp if split else 1))
     sched = one_f_one_b(stage, micro_batches, pp, virtual_stages)
 
     weight_b, grad_b, master_b = PRECISIONS[precision]
@@ -149,7 +149,8 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
                               micro_batches=micro_batches,  # a DP group's members per scale-up domain:
                               per_domain=max(1, int(domain) // (tp * pp)) if domain else None,
                               bucket_bytes=megatron_bucket_bytes(dp, grad_b) if tp * pp > 1 else BUCKET_BYTES)
-    comm = (micro_batches * tensor_parallel_s(chip, tp=tp, layers=(job.layers or 0) // pp, activation_bytes=layer_io,
+    comm = (micro_batches * tensor_parallel_s(chip, tp=tp, layers=stage_layers(job.layers or 0, pp),
+                                              activation_bytes=layer_io,
                                               recompute=recompute == "full")
             + micro_batches * embedding_exchange_s(chip, chips=sys_spec.count,
                                                    pooled_bytes=stage.pooled_embedding_elements * act_bytes)

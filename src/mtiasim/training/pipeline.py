@@ -5,31 +5,37 @@ Megatron-LM", SC'21, section 2.2).
 With m micro-batches per step and stage times t_f, t_b, a step takes (m + (p - 1) / v)(t_f + t_b):
 the pipeline bubble is (p - 1)(t_f + t_b) / v, v the interleaved schedule's virtual stages per chip
 (section 2.2.2; v = 1 is plain 1F1B). The first stage holds the activations of p micro-batches in
-flight (section 2.2.1). A stage is L/p layers plus the embedding and the loss head, counted on the
-one stage that sets the pace (a slight overestimate when a submitter balances them)."""
+flight (section 2.2.1). The stage that sets the pace holds ceil(L/p) layers plus the embedding and
+the loss head (a slight overestimate when a submitter balances them)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from mtiasim.training.cost import MicroBatchCost
 
 
+def stage_layers(layers: int, pp: int) -> int:
+    """Layers on the fullest stage: ceil(L / p) (stages need not be equal)."""
+    return math.ceil(layers / pp)
+
+
 def stage_cost(whole: MicroBatchCost, one: MicroBatchCost, two: MicroBatchCost, layers: int, pp: int
                ) -> MicroBatchCost:
-    """The slowest stage's cost of one micro-batch: its L/p layers (each c(2) - c(1)) plus the
-    non-layer part (c(1) minus a layer). Parameters are split evenly."""
+    """The slowest stage's cost of one micro-batch: its ceil(L/p) layers (each c(2) - c(1)) plus
+    the non-layer part (c(1) minus a layer), parameters included."""
     if pp == 1:
         return whole
+    n = stage_layers(layers, pp)
 
     def share(field: str) -> float:
         a, b = getattr(one, field), getattr(two, field)
         per_layer = b - a
-        return max(0.0, a - per_layer) + layers / pp * per_layer
+        return max(0.0, a - per_layer) + n * per_layer
 
-    return replace(whole, forward_s=share("forward_s"), backward_s=share("backward_s"),
-                   activation_bytes=share("activation_bytes"), trainable_params=whole.trainable_params / pp,
-                   frozen_params=whole.frozen_params / pp)
+    return replace(whole, **{f: share(f) for f in ("forward_s", "backward_s", "activation_bytes", "trainable_params",
+                                                    "frozen_params")})
 
 
 @dataclass(frozen=True)
