@@ -378,3 +378,27 @@ def test_serve_routing_least_pending():
     assert lp["ttft_s"] != rr["ttft_s"]  # the routing reaches the simulation
     r = runner.invoke(app, [*base, "--routing", "shortest"])
     assert r.exit_code != 0 and "routing must be one of" in r.output
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["serve", "gpt5"], ["unknown zoo model 'gpt5'"]),
+    (["run", "ranking-lc", "--stack", "vllm"], ["--stack applies to --engine gpu"]),
+    (["serve", "ranking-lc", "--system", "mtia-200:1", "--qps", "0"], ["--qps", "positive, finite"]),
+    (["serve", "llama3.1-8b", "--system", "h100-sxm-80gb:1", "--qps", "nan"], ["--qps", "positive, finite"]),
+    (["serve", "dlrm-v2", "--system", "mtia-200:1", "--qps", "10", "--batch-timeout", "1e999s"],
+     ["--batch-timeout", "finite duration"]),
+    (["serve", "llama3.1-8b", "--system", "h100-sxm-80gb:1", "--qps", "1", "--ttft-p99", "0"],
+     ["--ttft-p99", "above 0"]),
+    (["chips", "show", "mtia-200", "--set", "year=abc"], ["--set year: expected an integer, got 'abc'"]),
+    (["run", "dlrm-v2", "--set", "compute.units=0.5"], ["--set compute.units", "whole number of at least 1"]),
+    (["run", "dlrm-v2", "--set", "compute.units=0"], ["compute.units must be a whole number of at least 1"]),
+    (["run", "dlrm-v2", "--set", "dram.bandwidth_bytes_per_s=nan"], ["--set dram.bandwidth_bytes_per_s", "cannot read"]),
+    (["compare", "dlrm-v2", "--chips", "mtia-200", "--plot", "out.txt"], ["cannot write a '.txt' chart"]),
+    (["compare", "dlrm-v2", "--chips", ""], ["--chips names no chip"]),
+    (["serve", "llama2-70b", "--system", "h100-sxm-80gb:8", "--tp", "3"], ["tp=3", "does not divide the 8 chips"]),
+])
+def test_bad_input_gets_a_named_error(args, fragments):
+    """Inputs that ended in a traceback or a hang: each now exits 2 with a message naming the
+    option or field, before any simulation runs."""
+    out = fails_with(args, *fragments)
+    assert "Traceback" not in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -136,6 +137,9 @@ def run(model: str | None = typer.Argument(None, help="Zoo model name (see `mtia
     try:
         if (model is None) == (hf_config is None):
             raise ValueError("give a zoo model name or --hf-config PATH (one of them)")
+        if stack and engine != "gpu":
+            raise ValueError(f"--stack applies to --engine gpu (the GPU engine's software-stack calibration); "
+                             f"the {engine} engine has none")
         if hf_config is not None:
             from mtiasim.frontend.hf import from_config_file
 
@@ -173,6 +177,15 @@ def compare(model: str = typer.Argument(..., help="Zoo model name."),
             as_json: bool = typer.Option(False, "--json")):
     """Compare chips side by side on one model (LLMs: prefill and decode)."""
     names = [c.strip() for c in chips.split(",") if c.strip()]
+    if not names:
+        _fail(ValueError("--chips names no chip; give a comma-separated list, e.g. mtia-200,h100-sxm-80gb"))
+    if plot:
+        from mtiasim.report.plot import check_plot_path
+
+        try:
+            check_plot_path(plot)
+        except ValueError as e:
+            _fail(e)
     try:
         rows = api.compare(model, names, batch=batch, seq_len=seq_len, dtype=dtype, kv_len=kv_len)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
@@ -197,15 +210,28 @@ def compare(model: str = typer.Argument(..., help="Zoo model name."),
         out.print(f"chart written to {plot}")
 
 
-def _duration_s(text: str | None, name: str) -> float | None:
+def _duration_s(text: str | None, name: str, allow_zero: bool = False) -> float | None:
+    """A duration option in seconds: finite, positive (or zero where ``allow_zero``)."""
     if text is None:
         return None
     from mtiasim.units import UnitError, parse_quantity
 
     try:
-        return parse_quantity(text, "s")
+        value = parse_quantity(text, "s")
     except UnitError as e:
         raise typer.BadParameter(f"{name} {text!r}: {e}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise typer.BadParameter(f"{name} {text!r}: must be a finite duration "
+                                 f"{'of 0 or more' if allow_zero else 'above 0'}")
+    return value
+
+
+def _rate(qps: float | None) -> float | None:
+    """--qps: a positive, finite arrival rate (None: Offline)."""
+    if qps is not None and not (math.isfinite(qps) and qps > 0):
+        raise typer.BadParameter(f"--qps {qps}: must be a positive, finite number of queries per second "
+                                 "(omit it for Offline: every request at t = 0)")
+    return qps
 
 
 @app.command("serve")
@@ -254,7 +280,12 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
     query): dynamically batched per chip."""
     from mtiasim.serving import SLO, default_scheduler, serve_llm
 
-    if zoo.get(model).family != "llm":
+    try:
+        family = zoo.get(model).family
+    except KeyError as e:
+        _fail(e)
+    qps = _rate(qps)
+    if family != "llm":
         llm_only = {"--ep": ep != 1, "--beams": beams != 1, "--kv-dtype": kv_dtype, "--tp": tp,
                     "--pp": pp, "--trace": trace, "--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99,
                     "--max-batch": max_num_seqs, "--max-tokens": max_tokens, "--prefill-first": prefill_first,
@@ -310,7 +341,8 @@ def _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch
     try:
         _check_stack(stack, system)
         rep = serve_ranking_model(model, system, qps=qps, dtype=dtype, batch_pairs=batch_pairs,
-                                  batch_timeout_s=_duration_s(batch_timeout, "--batch-timeout"), streams=streams,
+                                  batch_timeout_s=_duration_s(batch_timeout, "--batch-timeout", allow_zero=True),
+                                  streams=streams,
                                   queries=max(requests, 20000) if qps else None, seed=seed,
                                   slo_p99_s=_duration_s(latency_p99, "--p99"), stack=stack)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:

@@ -139,11 +139,18 @@ def _set_leaf(chip: ChipSpec, path: str, parent: Any, key: str, child: Any, raw:
                 raise ChipError(f"--set {path}: {e}") from None
             alts = dict(child.alternatives)
             alts.setdefault("preset-default", {"value": child.value, "source": child.source})
-            new = type(child)(value=value, source=USER_OVERRIDE_SOURCE, status="estimate",
-                              note=f"set by the user; preset value was {child.value} from {child.source}",
-                              alternatives=alts)
+            try:
+                new = type(child)(value=value, source=USER_OVERRIDE_SOURCE, status="estimate",
+                                  note=f"set by the user; preset value was {child.value} from {child.source}",
+                                  alternatives=alts)
+            except ValidationError as e:
+                raise ChipError(_format_validation(f"--set {path}", e)) from None
     elif isinstance(child, (int, float, str)) and not isinstance(child, bool):
-        new = type(child)(raw)
+        try:
+            new = type(child)(raw)
+        except ValueError:
+            raise ChipError(f"--set {path}: expected {'an integer' if isinstance(child, int) else 'a number'}, "
+                            f"got {raw!r}") from None
     else:
         raise ChipError(f"--set {path}: is a section, not a value; set one of its fields "
                         f"({', '.join(_field_names(child))})")

@@ -13,6 +13,7 @@ Units: in YAML a value may be a bare number in the base unit or a string with a 
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -78,6 +79,8 @@ class Sourced(_Strict):
             raise ValueError("status 'unknown' needs value: null")
         if self.status == "estimate" and not self.note:
             raise ValueError("an estimate needs a note with its reasoning")
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError(f"value must be a finite number, got {self.value}")
         if self.value is not None and self.value < 0:
             raise ValueError(f"value must not be negative, got {self.value}")
         return self
@@ -121,6 +124,8 @@ class Nm(Sourced):
 
 
 class Count(Sourced):
+    """A count or a per-cycle rate (a derived ops-per-cycle figure may be fractional)."""
+
     dimension: ClassVar[str] = "count"
 
 
@@ -156,6 +161,13 @@ class Compute(_Strict):
     )
     units: Count
     gemm_tile: GemmTile
+
+    @field_validator("units")
+    @classmethod
+    def _some_units(cls, v: Count) -> Count:
+        if v.value is not None and (v.value < 1 or not float(v.value).is_integer()):
+            raise ValueError(f"compute.units must be a whole number of at least 1 (SMs, CUs or PEs), got {v.value:g}")
+        return v
 
     _v1 = field_validator("peak_ops_per_s", "sparse_peak_ops_per_s", "vector_ops_per_s")(_check_dtype_keys)
 

@@ -11,6 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def check_plot_path(path: str | Path) -> None:
+    """A chart path whose suffix matplotlib can write (checked before any simulation runs)."""
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise ValueError(f"--plot {path}: cannot write a '.{suffix}' chart; use one of {', '.join(sorted(formats))}")
+
+
 def compare_chart(model: str, rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Throughput and perf/W per chip (one bar group per phase)."""
     phases = list(dict.fromkeys(r["phase"] for r in rows))

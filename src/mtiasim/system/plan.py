@@ -73,6 +73,9 @@ def plan_llm(cost_for, chip: ChipSpec, count: int, *, tp: int | None = None, pp:
     shapes = [(t, p) for t in ([tp] if tp else pows) for p in ([pp] if pp else pows)
               if t * p <= per and per % (t * p) == 0]
     shapes.sort(key=lambda tp_pp: (tp_pp[0] * tp_pp[1], tp_pp[1]))
+    if not shapes:
+        raise ValueError(f"{model}: tp={tp or 'any'} x pp={pp or 'any'} does not divide the {per} chips of a "
+                         f"replica group on {chip.name}:{count} (use powers of two that divide {per})")
     tried = []
     for t, p in shapes:
         label = f"TP={t}" + (f" PP={p}" if p > 1 else "")
