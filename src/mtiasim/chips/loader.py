@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mtiasim.chips.derived import rescale_peaks
 from mtiasim.chips.schema import ChipSpec, Sourced
 from mtiasim.units import UnitError, parse_quantity
 
@@ -114,7 +115,11 @@ def apply_overrides(chip: ChipSpec, overrides: Mapping[str, Any]) -> ChipSpec:
             if child is None:
                 raise ChipError(f"--set {path}: {'.'.join(parts[: i + 1])} is not described for {chip.name}")
             if i == len(parts) - 1:
+                before = child.value if isinstance(child, Sourced) else None
                 _set_leaf(chip, path, parent, key, child, raw)
+                after = parent[key] if isinstance(parent, dict) else getattr(parent, key)
+                if isinstance(after, Sourced):
+                    rescale_peaks(chip, path, before, after.value)  # peak = clock x units x ops/cycle
             parent = child
     return chip
 
