@@ -50,6 +50,13 @@ def _dump(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _print(table: Any, notes: list[str]) -> None:
+    """A result's table, then its notes."""
+    out.print(table)
+    for n in notes:
+        out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+
+
 @chips_app.callback()
 def chips_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List the chip presets."""
@@ -320,9 +327,7 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         return
     from mtiasim.report.tables import serving_table
 
-    out.print(serving_table(rep))
-    for n in rep.notes:
-        out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+    _print(serving_table(rep), rep.notes)
 
 
 def _check_stack(stack: str | None, system: str) -> None:
@@ -433,9 +438,7 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
         return
     from mtiasim.report.tables import training_table
 
-    out.print(training_table(r))
-    for n in r.notes:
-        out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+    _print(training_table(r), r.notes)
 
 
 def _train_search(model: str, system: str, global_batch: int | None, seq_len: int | None, precision: str | None,

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from mtiasim.chips import ChipError, list_chips
 from mtiasim.frontend.capture import CaptureError
 from mtiasim.training import TrainingReport, train
+from mtiasim.validate import Summary
 
 REQUIRED = ("accelerator", "n_accel", "benchmark", "time_to_train_min", "global_batch_size")
 
@@ -49,21 +50,12 @@ class TrainingRowResult(BaseModel):
     reason: str | None = None
 
 
-class TrainingSummary(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rows: int
-    predicted: int
-    coverage_pct: float
-    mape_pct: float | None
-    median_ape_pct: float | None
-
-
 class TrainingValidation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str
     fitted_on: list[str]
-    total: TrainingSummary
-    by_benchmark: dict[str, TrainingSummary]
+    total: Summary
+    by_benchmark: dict[str, Summary]
     by_row: list[TrainingRowResult]
 
 
@@ -88,9 +80,9 @@ def samples_to_converge(table: dict[int, float], global_batch: int) -> float:
     return pts[-1][1]
 
 
-def _summary(rs: list[TrainingRowResult]) -> TrainingSummary:
+def _summary(rs: list[TrainingRowResult]) -> Summary:
     apes = [r.ape_pct for r in rs if r.ape_pct is not None]
-    return TrainingSummary(rows=len(rs), predicted=len(apes), coverage_pct=100.0 * len(apes) / len(rs) if rs else 0.0,
+    return Summary(rows=len(rs), predicted=len(apes), coverage_pct=100.0 * len(apes) / len(rs) if rs else 0.0,
                            mape_pct=statistics.fmean(apes) if apes else None,
                            median_ape_pct=statistics.median(apes) if apes else None)
 
