@@ -155,7 +155,7 @@ def test_validate_over_worker_processes_gives_the_same_report(tmp_path):
     one, two = validate(f), validate(f, jobs=2)
     assert one.rows == two.rows == 4 and one.predicted == 2
     assert [r.model_dump() for r in one.by_row] == [r.model_dump() for r in two.by_row]
-    assert "value is not a number" in two.by_row[3].reason
+    assert "'n/a' is not a positive, finite number" in two.by_row[3].reason
     with pytest.raises(ValueError, match="jobs"):
         validate(f, jobs=0)
 
@@ -331,3 +331,31 @@ def test_report_carries_the_spread_floor_of_its_rows(tmp_path):
     assert rep.by_benchmark["resnet50"].floor_mape_pct == pytest.approx(25.0)
     assert rep.floor_mape_pct == pytest.approx(75 / 4)
     assert rep.floor_mape_pct <= rep.mape_pct
+
+
+def test_unreadable_rows_are_reported_with_their_reason(tmp_path):
+    """A short row, measured values that are not positive finite numbers and accelerator counts
+    that are not whole numbers are each reported, never a traceback, a NaN or a silent guess; a
+    byte-order mark is read as UTF-8 and another encoding is named."""
+    head = "accelerator,n_accel,benchmark,scenario,metric,value\n"
+    rows = ["H100-SXM-80GB,8,resnet50\n",
+            "H100-SXM-80GB,8,resnet50,Offline,samples_per_second,nan\n",
+            "H100-SXM-80GB,8,resnet50,Offline,samples_per_second,-5\n",
+            "H100-SXM-80GB,inf,resnet50,Offline,samples_per_second,5\n",
+            "H100-SXM-80GB,1.5,resnet50,Offline,samples_per_second,5\n"]
+    f = tmp_path / "rows.csv"
+    f.write_text("\ufeff" + head + "".join(rows), encoding="utf-8")
+    rep = validate(f)
+    assert rep.rows == 5 and rep.predicted == 0
+    reasons = [r.reason for r in rep.by_row]
+    assert "3 field(s), the header has 6" in reasons[0]
+    assert "'nan' is not a positive, finite number" in reasons[1]
+    assert "'-5' is not a positive, finite number" in reasons[2]
+    assert "'inf' is not a whole number" in reasons[3] and "'1.5' is not a whole number" in reasons[4]
+    import json
+
+    json.loads(rep.model_dump_json(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes((head + "H100-SXM-80GB,8,r\xe9snet,Offline,samples_per_second,5\n").encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.csv: not UTF-8"):
+        validate(latin)

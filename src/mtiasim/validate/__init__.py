@@ -156,9 +156,12 @@ def predict_row(row: dict[str, str], predictor: _Predictor) -> tuple[float | Non
         return None, str(e)
     scenario = row["scenario"].strip()
     try:
-        n = int(float(row["n_accel"]))
+        n_raw = float(row["n_accel"])
     except ValueError:
         return None, f"n_accel '{row['n_accel']}' is not a number"
+    if not (math.isfinite(n_raw) and n_raw >= 1 and n_raw.is_integer()):
+        return None, f"n_accel '{row['n_accel']}' is not a whole number of accelerators"
+    n = int(n_raw)
     system = f"{chip}:{n}"
     kind, field = METRICS[metric]
     # LLM accuracy variants (-99 / -99.9) run the same model and deployment: predict once. The
@@ -235,7 +238,7 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     path = Path(path) if path else default_data()
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # with or without a byte-order mark
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
@@ -243,6 +246,8 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
             rows = list(reader)
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8") from None
     early: dict[int, RowResult] = {}  # rows that cannot be read, with the reason
     measured: dict[int, float] = {}
     for i, row in enumerate(rows):
@@ -251,10 +256,20 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
             early[i] = RowResult(**{k: v for k, v in row.items() if v is not None}, prediction=None, ape_pct=None,
                                  reason=f"row {i + 2}: {len(extra)} more field(s) than the header (an unquoted comma?)")
             continue
+        short = [k for k, v in row.items() if v is None]  # csv.DictReader fills a short row's tail with None
+        if short:
+            early[i] = RowResult(**{k: v for k, v in row.items() if v is not None}, prediction=None, ape_pct=None,
+                                 reason=f"row {i + 2}: {len(row) - len(short)} field(s), the header has {len(row)}")
+            continue
         try:
-            measured[i] = float(row["value"])
+            value = float(row["value"])
         except ValueError:
-            early[i] = RowResult(**row, prediction=None, ape_pct=None, reason=f"row {i + 2}: value is not a number")
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            early[i] = RowResult(**row, prediction=None, ape_pct=None,
+                                 reason=f"row {i + 2}: value {row['value']!r} is not a positive, finite number")
+            continue
+        measured[i] = value
     preds = _predict_rows(rows, list(measured), jobs)
     results: list[RowResult] = []
     for i, row in enumerate(rows):
@@ -269,10 +284,12 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
     _with_floors(results, rows)
     groups: dict[str, dict[str, list[RowResult]]] = {k: defaultdict(list) for k in ("kind", "benchmark", "accel", "metric")}
     for r, row in zip(results, rows):
-        groups["kind"][METRICS.get(row["metric"], ("other",))[0]].append(r)
-        groups["benchmark"][row["benchmark"]].append(r)
-        groups["accel"][row["accelerator"]].append(r)
-        groups["metric"][row["metric"]].append(r)
+        # a short row's missing fields group as ""
+        metric, bench, accel = (row.get(k) or "" for k in ("metric", "benchmark", "accelerator"))
+        groups["kind"][METRICS.get(metric, ("other",))[0]].append(r)
+        groups["benchmark"][bench].append(r)
+        groups["accel"][accel].append(r)
+        groups["metric"][metric].append(r)
     total = _summary(results)
     return ValidationReport(
         source=str(path), rows=total.rows, predicted=total.predicted, coverage_pct=total.coverage_pct,
