@@ -199,9 +199,16 @@ def test_mtia_300_specifics():
     assert chip.scale_out.bandwidth_bytes_per_s.value == 200e9
 
 
-def test_unknown_costs_and_processes_are_null():
+def test_prices_are_labelled_estimates_with_a_range_or_unknown_and_processes_null_when_unknown():
+    """No accelerator has a published list price: each is an estimate with its reasoning and a
+    low/high range around it (what fleet/sensitivity.py sweeps), or unknown and null."""
     for name in list_chips():
         chip = load_chip(name)
-        assert chip.cost.capex_usd.value is None and chip.cost.capex_usd.status == "unknown", name
+        price = chip.cost.capex_usd
+        if price.value is None:
+            assert price.status == "unknown", name
+        else:
+            assert price.status == "estimate" and price.note, name
+            assert price.alternatives["low"].value <= price.value <= price.alternatives["high"].value, name
         if chip.process_nm.status == "unknown":
             assert chip.process_nm.value is None

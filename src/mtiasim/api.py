@@ -12,10 +12,12 @@ from mtiasim.chips import ChipSpec, load_chip
 from mtiasim.compiler import CompileOptions, Program, compile
 from mtiasim.engines import get_engine
 from mtiasim.engines.result import Result
+from mtiasim.fleet import Site, economics, load_site
 from mtiasim.frontend import hf, zoo
 from mtiasim.frontend.capture import capture, capture_cached
 from mtiasim.frontend.replicate import replicate_layers
 from mtiasim.graph.ir import Graph
+from mtiasim.power.platform import PlatformError
 
 _GRAPHS: dict[tuple, tuple[Graph, zoo.Workload]] = {}
 _GRAPHS_MAX = 32
@@ -131,23 +133,50 @@ def run_program(program: Program, engine: str = "analytical", engine_options: Ma
 
 def compare(model: str, chips: Sequence[str], *, batch: int | None = None, seq_len: int | None = None,
             dtype: str | None = None, kv_len: int | None = None,
-            chip_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per (chip, phase): every phase of a zoo model (prefill and decode for LLMs) on each chip.
+            chip_overrides: Mapping[str, Any] | None = None,
+            cost_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (chip, phase): every phase of a zoo model (prefill and decode for LLMs) on each chip,
+    with the chip's power and the system's at the wall, and its cost of ownership (``fleet.economics``;
+    ``cost_overrides`` set ``data/fleet/site.yaml`` parameters).
 
     For LLM decode the KV cache holds ``kv_len`` tokens (default: the prompt length)."""
     entry = zoo.get(model)
+    site = load_site(cost_overrides)
     rows = []
     for chip in chips:
+        spec = load_chip(chip, chip_overrides)
         for ph in entry.phases:
-            r = simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=ph,
-                         kv_len=kv_len if ph == "decode" else None, chip_overrides=chip_overrides)
+            r = simulate(model, chip=spec, batch=batch, seq_len=seq_len, dtype=dtype, phase=ph,
+                         kv_len=kv_len if ph == "decode" else None)
             bounds = r.bound_breakdown_s()
-            rows.append({
+            row = {
                 "chip": r.chip, "phase": r.phase, "batch": r.batch, "seq_len": r.seq_len, "kv_len": r.kv_len,
                 "dtype": r.dtype, "latency_s": r.latency_s, "throughput_per_s": r.throughput_per_s,
                 "item_unit": r.item_unit, "energy_j": r.energy_j, "power_w": r.power_w,
                 "perf_per_w": r.perf_per_w, "clock_scale": r.clock_scale,
                 "dominant_bound": max(bounds, key=bounds.get) if bounds else "-",
-                "fits_in_memory": r.fits_in_memory, "notes": r.notes,
-            })
+                "fits_in_memory": r.fits_in_memory, "notes": list(r.notes),
+            }
+            extra = economics_row(spec, r, site)
+            row["notes"] += extra.pop("economics_notes")
+            rows.append({**row, **extra})
     return rows
+
+
+def economics_row(spec: ChipSpec, r: Result, site: Site) -> dict[str, Any]:
+    """A result's wall power and cost of ownership as flat fields (None where not known), and
+    notes saying why a figure is missing."""
+    keys = ("platform", "wall_power_w", "perf_per_wall_w", "usd_per_h", "items_per_usd",
+            "kg_co2e_per_million_items")
+    row: dict[str, Any] = dict.fromkeys(keys)
+    try:
+        t = economics(spec, chip_power_w=r.power_w, throughput_per_s=r.throughput_per_s, site=site)
+    except PlatformError as e:
+        return {**row, "economics_notes": [str(e)]}
+    if t is None:
+        return {**row, "economics_notes": [f"{spec.name}: power unknown (no TDP), so no wall power or cost"]}
+    wall = t.busy.facility_w
+    return {"platform": t.platform, "wall_power_w": wall,
+            "perf_per_wall_w": r.throughput_per_s / wall if wall > 0 else None, "usd_per_h": t.usd_per_h,
+            "items_per_usd": t.items_per_usd, "kg_co2e_per_million_items": t.kg_co2e_per_million_items,
+            "economics_notes": t.notes}

@@ -13,6 +13,7 @@ from rich.console import Console
 from mtiasim import api
 from mtiasim.chips import ChipError, list_chips, load_chip
 from mtiasim.compiler import CompileOptions
+from mtiasim.fleet import load_site
 from mtiasim.frontend import zoo
 from mtiasim.frontend.capture import CaptureError
 from mtiasim.graph.ops.base import OpError
@@ -25,13 +26,15 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 SET_HELP = "Override a chip field, e.g. --set dram.bandwidth_bytes_per_s=3e12 or --set power.tdp_w=alt:blog-2024"
+COST_HELP = ("Override a cost or site parameter (data/fleet/site.yaml), e.g. --cost energy_usd_per_kwh=0.12, "
+             "--cost utilisation=alt:high; the chip's price is --set cost.capex_usd=USD")
 
 
-def _overrides(items: list[str] | None) -> dict[str, str]:
+def _overrides(items: list[str] | None, option: str = "--set") -> dict[str, str]:
     res = {}
     for it in items or []:
         if "=" not in it:
-            raise typer.BadParameter(f"--set {it!r}: expected PATH=VALUE")
+            raise typer.BadParameter(f"{option} {it!r}: expected PATH=VALUE")
         k, v = it.split("=", 1)
         res[k.strip()] = v.strip()
     return res
@@ -139,8 +142,9 @@ def run(model: str | None = typer.Argument(None, help="Zoo model name (see `mtia
             "Hand-fuse the ops of these module paths (comma-separated) into one kernel, its intermediates "
             "on chip; repeatable, e.g. --fuse-region features.4,features.5,features.6 (ResNet-50's res2, "
             "as NVIDIA's TensorRT plugin runs it).")),
+        cost: list[str] | None = typer.Option(None, "--cost", help=COST_HELP),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Simulate one model on one chip: per-kernel table and totals."""
+    """Simulate one model on one chip: per-kernel table, totals, power at the wall and cost of ownership."""
     try:
         if (model is None) == (hf_config is None):
             raise ValueError("give a zoo model name or --hf-config PATH (one of them)")
@@ -155,22 +159,50 @@ def run(model: str | None = typer.Argument(None, help="Zoo model name (see `mtia
         if fuse_region:
             regions = [[p.strip() for p in r.split(",") if p.strip()] for r in fuse_region]
             options = CompileOptions(dtype=dtype, fuse_regions=regions)
-        r = api.simulate(model, chip=chip, batch=batch, seq_len=seq_len, dtype=dtype, phase=phase, kv_len=kv_len,
-                         chip_overrides=_overrides(set_), allow_cpu_fallback=allow_cpu_fallback, engine=engine,
+        spec = load_chip(chip, _overrides(set_))
+        site = load_site(_overrides(cost, "--cost"))
+        r = api.simulate(model, chip=spec, batch=batch, seq_len=seq_len, dtype=dtype, phase=phase, kv_len=kv_len,
+                         allow_cpu_fallback=allow_cpu_fallback, engine=engine,
                          engine_options={"stack": stack} if stack else None, act_dtype=act_dtype, options=options)
+        t, swings, notes = _economics(spec, r, site)
     except (ChipError, CaptureError, OpError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
         _fail(e)
     if as_json:
         d = r.to_dict()
         d["bytes"] = sum(o.bytes for o in r.ops)
+        d["economics"] = None if t is None else t.model_dump(mode="json")
+        d["sensitivity"] = [s.model_dump(mode="json") for s in swings]
+        d["notes"] = r.notes + notes
         _dump(d)
         return
-    from mtiasim.report.tables import ops_table, totals_table
+    from mtiasim.report.tables import economics_table, ops_table, totals_table
 
     out.print(ops_table(r, top))
     out.print(totals_table(r))
-    for n in r.notes:
+    if t is not None:
+        typical = spec.power.typical_w.value if spec.power.typical_w else None
+        out.print(economics_table(r, t, swings, typical))
+    for n in r.notes + notes:
         out.print(f"[yellow]note:[/yellow] {n}", highlight=False)
+
+
+def _economics(spec: Any, r: Any, site: Any) -> tuple[Any, list[Any], list[str]]:
+    """Wall power, cost of ownership and its sensitivity for one result; notes say what is missing."""
+    from mtiasim.fleet import economics
+    from mtiasim.fleet.sensitivity import sensitivity
+    from mtiasim.power import energy_model
+    from mtiasim.power.platform import PlatformError, platform_for
+
+    try:
+        t = economics(spec, chip_power_w=r.power_w, throughput_per_s=r.throughput_per_s, site=site)
+    except PlatformError as e:
+        return None, [], [str(e)]
+    if t is None:
+        return None, [], []
+    idle = min(energy_model(spec).static_w, r.power_w)
+    swings = sensitivity(spec, platform_for(spec), site, busy_chip_w=r.power_w, idle_chip_w=idle,
+                         throughput_per_s=r.throughput_per_s)
+    return t, swings, list(t.notes)
 
 
 @app.command("compare")
@@ -181,8 +213,10 @@ def compare(model: str = typer.Argument(..., help="Zoo model name."),
             dtype: str | None = typer.Option(None, "--dtype"),
             kv_len: int | None = typer.Option(None, "--kv-len", min=1, help="LLM decode: KV-cache tokens (default: seq_len)."),
             plot: str | None = typer.Option(None, "--plot", help="Write a bar chart (PNG) here."),
+            cost: list[str] | None = typer.Option(None, "--cost", help=COST_HELP),
             as_json: bool = typer.Option(False, "--json")):
-    """Compare chips side by side on one model (LLMs: prefill and decode)."""
+    """Compare chips side by side on one model (LLMs: prefill and decode): speed, chip and wall power,
+    cost of ownership."""
     names = [c.strip() for c in chips.split(",") if c.strip()]
     if not names:
         _fail(ValueError("--chips names no chip; give a comma-separated list, e.g. mtia-200,h100-sxm-80gb"))
@@ -194,7 +228,8 @@ def compare(model: str = typer.Argument(..., help="Zoo model name."),
         except ValueError as e:
             _fail(e)
     try:
-        rows = api.compare(model, names, batch=batch, seq_len=seq_len, dtype=dtype, kv_len=kv_len)
+        rows = api.compare(model, names, batch=batch, seq_len=seq_len, dtype=dtype, kv_len=kv_len,
+                           cost_overrides=_overrides(cost, "--cost"))
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)
     if plot:

@@ -124,32 +124,38 @@ def apply_overrides(chip: ChipSpec, overrides: Mapping[str, Any]) -> ChipSpec:
     return chip
 
 
+def override_sourced(child: Sourced, raw: Any, where: str) -> Sourced:
+    """``child`` with the value ``raw`` (a number, a string with a unit, or ``alt:LABEL`` for a
+    documented alternative), its old value kept as the ``preset-default`` alternative. ``where``
+    names the override in errors (``--set dram.bandwidth_bytes_per_s``)."""
+    if isinstance(raw, str) and raw.startswith("alt:"):
+        label = raw[4:]
+        if label not in child.alternatives:
+            known = ", ".join(child.alternatives) or "none"
+            raise ChipError(f"{where}: no alternative '{label}' (documented: {known})")
+        alt = child.alternatives[label]
+        alts = {k: v for k, v in child.alternatives.items() if k != label}
+        alts.setdefault("preset-default", {"value": child.value, "source": child.source})
+        return type(child)(value=alt.value, source=alt.source, status="published" if alt.value is not None
+                           else "unknown", note=f"alternative '{label}' selected; {alt.note or ''}".strip(),
+                           alternatives=alts)
+    try:
+        value = parse_quantity(raw, type(child).dimension)
+    except UnitError as e:
+        raise ChipError(f"{where}: {e}") from None
+    alts = dict(child.alternatives)
+    alts.setdefault("preset-default", {"value": child.value, "source": child.source})
+    try:
+        return type(child)(value=value, source=USER_OVERRIDE_SOURCE, status="estimate",
+                           note=f"set by the user; preset value was {child.value} from {child.source}",
+                           alternatives=alts)
+    except ValidationError as e:
+        raise ChipError(f"{where}: " + "; ".join(d["msg"].removeprefix("Value error, ") for d in e.errors())) from None
+
+
 def _set_leaf(chip: ChipSpec, path: str, parent: Any, key: str, child: Any, raw: Any) -> None:
     if isinstance(child, Sourced):
-        if isinstance(raw, str) and raw.startswith("alt:"):
-            label = raw[4:]
-            if label not in child.alternatives:
-                known = ", ".join(child.alternatives) or "none"
-                raise ChipError(f"--set {path}: no alternative '{label}' (documented: {known})")
-            alt = child.alternatives[label]
-            alts = {k: v for k, v in child.alternatives.items() if k != label}
-            alts.setdefault("preset-default", {"value": child.value, "source": child.source})
-            new = type(child)(value=alt.value, source=alt.source, status="published" if alt.value is not None
-                              else "unknown", note=f"alternative '{label}' selected; {alt.note or ''}".strip(),
-                              alternatives=alts)
-        else:
-            try:
-                value = parse_quantity(raw, type(child).dimension)
-            except UnitError as e:
-                raise ChipError(f"--set {path}: {e}") from None
-            alts = dict(child.alternatives)
-            alts.setdefault("preset-default", {"value": child.value, "source": child.source})
-            try:
-                new = type(child)(value=value, source=USER_OVERRIDE_SOURCE, status="estimate",
-                                  note=f"set by the user; preset value was {child.value} from {child.source}",
-                                  alternatives=alts)
-            except ValidationError as e:
-                raise ChipError(_format_validation(f"--set {path}", e)) from None
+        new = override_sourced(child, raw, f"--set {path}")
     elif isinstance(child, (int, float, str)) and not isinstance(child, bool):
         try:
             new = type(child)(raw)

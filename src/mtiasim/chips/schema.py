@@ -280,6 +280,8 @@ class ChipSpec(_Strict):
     message_engines: MessageEngines | None = None
     power: Power
     cost: Cost
+    platform: str | None = Field(default=None, description=(
+        "the server it is deployed in (data/platform/platforms.yaml); presets are listed there"))
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -93,22 +93,69 @@ def training_table(r: Any) -> Table:
          " / ".join(si(x, "B") for x in (m.weights, m.gradients, m.optimizer_state, m.activations))),
         ("energy per step (all chips)", si(r.energy_per_step_j, "J")),
     ]
+    c = r.cost
+    rows += cost_rows(c, "sample")
     if r.time_to_train_s is not None:
         rows.append(("time to train", f"{si(r.time_to_train_s, 's')} ({r.time_to_train_s / 60:.1f} min)"))
+    if r.cost_to_train_usd is not None:
+        rows.append(("cost to train", f"${r.cost_to_train_usd:,.0f} (at {100 * c.per_chip.utilisation:.0f}% "
+                     "utilisation)"))
     return kv_table(f"training {r.model} on {r.system} ({r.engine} engine)", rows)
 
 
 def compare_table(model: str, rows: list[dict[str, Any]]) -> Table:
+    """Chips side by side: speed, the chip's power and the system's at the wall (host share, fans,
+    supply losses, PUE), perf/W at the wall and items per dollar of ownership."""
     t = Table(title=f"{model}: chips side by side")
-    cols = ["chip", "phase", "latency", "throughput", "power", "perf/W", "energy/run", "bound (most time)", "fits"]
+    cols = ["chip", "phase", "latency", "throughput", "chip W", "wall W", "perf/W (wall)", "$/h", "per $",
+            "bound (most time)", "fits"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("chip", "phase", "bound (most time)", "fits") else "right")
     for r in rows:
-        t.add_row(r["chip"], r["phase"], si(r["latency_s"], "s"),
-                  f"{si(r['throughput_per_s'])} {r['item_unit']}/s", si(r["power_w"], "W"),
-                  f"{si(r['perf_per_w'])} {r['item_unit']}/J", si(r["energy_j"], "J"), r["dominant_bound"],
-                  "yes" if r["fits_in_memory"] else "NO")
+        unit = r["item_unit"]
+        t.add_row(r["chip"], r["phase"], si(r["latency_s"], "s"), f"{si(r['throughput_per_s'])} {unit}/s",
+                  si(r["power_w"], "W"), si(r.get("wall_power_w"), "W"), f"{si(r.get('perf_per_wall_w'))} {unit}/J",
+                  "n/a" if r.get("usd_per_h") is None else f"${r['usd_per_h']:.3g}",
+                  f"{si(r.get('items_per_usd'))} {unit}", r["dominant_bound"], "yes" if r["fits_in_memory"] else "NO")
     return t
+
+
+def _param(name: str, x: float) -> str:
+    return f"{x / (365.0 * 86400.0):.3g} y" if name.endswith("_s") else f"{x:.3g}"
+
+
+def economics_table(r: Result, t: Any, swings: list[Any], typical_w: float | None = None) -> Table:
+    """A :class:`~mtiasim.fleet.Tco` for one result: power from the chip to the facility, capex
+    and running cost per hour, items per dollar and carbon, then the parameters that move it most."""
+    w = t.busy
+
+    def usd(x: float | None) -> str:
+        return "n/a" if x is None else f"${x:,.0f}"
+
+    rows = [
+        ("platform", t.platform),
+        ("chip power (busy)", si(w.chip_w, "W") + ("" if typical_w is None else
+                                                    f" (published typical {si(typical_w, 'W')})")),
+        ("+ host share (CPUs, DRAM, NICs, switches)", si(w.host_w, "W")),
+        ("+ fans, + supply losses", f"{si(w.fans_w, 'W')}, {si(w.conversion_w, 'W')}"),
+        ("= IT power; x PUE = facility power", f"{si(w.it_w, 'W')}; {si(w.facility_w, 'W')}"),
+        ("perf/W: chip / wall", f"{si(r.perf_per_w)} / {si(r.throughput_per_s / w.facility_w if w.facility_w else None)}"
+                                f" {r.item_unit}s/J"),
+        (f"average facility power at {100 * t.utilisation:.0f}% utilisation", si(t.average_facility_w, "W")),
+        ("capex: chip + host + network + facility",
+         " + ".join(usd(x) for x in (t.accelerator_usd, t.host_usd, t.network_usd, t.facility_usd))
+         + f" = {usd(t.capex_usd)}"),
+        ("cost per hour: capex + energy", "n/a" if t.usd_per_h is None else
+         f"${t.capex_usd_per_h:.3g} + ${t.energy_usd_per_h:.3g} = ${t.usd_per_h:.3g}"),
+        (f"{r.item_unit}s per $", si(t.items_per_usd)),
+        (f"kg CO2e per million {r.item_unit}s", "n/a" if t.kg_co2e_per_million_items is None
+         else f"{t.kg_co2e_per_million_items:.3g}"),
+    ]
+    for sw in swings[:4]:
+        rows.append((f"sensitivity: {sw.parameter} {_param(sw.parameter, sw.low)}..{_param(sw.parameter, sw.high)}",
+                     f"{si(sw.items_per_usd_at_low)}..{si(sw.items_per_usd_at_high)} per $ "
+                     f"({100 * sw.relative_swing:.0f}%)"))
+    return kv_table(f"{r.model} on {r.chip}: power at the wall and cost of ownership (per accelerator)", rows)
 
 
 def chips_table(chips: Iterable[ChipSpec]) -> Table:
@@ -145,6 +192,17 @@ def spec_table(chip: ChipSpec) -> Table:
     return t
 
 
+def cost_rows(c: Any, unit: str) -> list[tuple[str, str]]:
+    """A :class:`~mtiasim.fleet.SystemCost` as table rows (none when power is unknown)."""
+    if c is None:
+        return []
+    return [("power: per chip / system at the wall", f"{si(c.chip_power_w, 'W')} / {si(c.wall_power_w, 'W')} "
+             f"({c.per_chip.platform}: host, fans, supplies, PUE)"),
+            ("cost of ownership", "n/a (accelerator price unknown)" if c.usd_per_h is None else
+             f"${c.usd_per_h:,.2f}/h for the system; {si(c.items_per_usd)} {unit}s per $ at "
+             f"{100 * c.per_chip.utilisation:.0f}% utilisation")]
+
+
 def serving_table(rep: Any) -> Table:
     load = "offline (all requests at t=0)" if rep.qps is None else f"{rep.qps:g} requests/s (Poisson)"
     pct = lambda p: f"p50 {si(p.p50, 's')}  p90 {si(p.p90, 's')}  p99 {si(p.p99, 's')}"  # noqa: E731
@@ -164,6 +222,7 @@ def serving_table(rep: Any) -> Table:
     if rep.meets_slo is not None:
         bounds = ", ".join(f"{k.removesuffix('_s')} <= {si(v, 's')}" for k, v in rep.slo.model_dump().items() if v)
         rows.append(("SLO " + bounds, "MET" if rep.meets_slo else "MISSED"))
+    rows += cost_rows(rep.cost, "output token")
     rows.append(("simulator wall time", si(rep.wall_s, "s")))
     return kv_table(f"serving {rep.model} on {rep.system} ({rep.plan})", rows)
 
@@ -221,6 +280,7 @@ def ranking_table(rep: Any) -> Table:
         rows.append(("query latency", f"p50 {si(rep.p50_latency_s, 's')}  p99 {si(rep.p99_latency_s, 's')}"))
     if rep.meets_slo is not None:
         rows.append((f"SLO p99 <= {si(rep.slo_p99_s, 's')}", "MET" if rep.meets_slo else "MISSED"))
+    rows += cost_rows(rep.cost, rep.item_unit)
     rows.append(("simulator wall time", si(rep.wall_s, "s")))
     return kv_table(f"serving {rep.model} on {rep.system} ({rep.dtype})", rows)
 
@@ -258,3 +318,4 @@ def search_table(res: Any) -> Table:
     if res.rejected:
         t.caption = "not ranked: " + "; ".join(f"{why} ({n})" for why, n in res.rejected.items())
     return t
+

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtiasim.fleet import SystemCost, system_cost
+from mtiasim.power import energy_model
+from mtiasim.power.platform import PlatformError
 from mtiasim.serving.cost import LLMStepCost, check_expert_parallel
 from mtiasim.serving.llm import (
     RequestRecord,
@@ -27,6 +30,23 @@ from mtiasim.system.plan import LLMPlan, plan_llm, serving_calibration
 from mtiasim.system.spec import SystemSpec
 
 _COSTS: dict[tuple, LLMStepCost] = {}
+
+
+def serving_cost(system: SystemSpec, busy_chip_w: float | None, busy_fraction: float,
+                 items_per_s: float) -> SystemCost | None:
+    """Chip and wall power and cost of ownership of a serving system whose chips draw
+    ``busy_chip_w`` while they step (or run a batch) and static power for the rest of the run
+    (``busy_fraction`` of it busy). None when the chip's power or platform is unknown."""
+    chip = system.load_chip()
+    model = energy_model(chip)
+    if busy_chip_w is None or model is None or items_per_s <= 0:
+        return None
+    f = min(max(busy_fraction, 0.0), 1.0)
+    chip_w = f * busy_chip_w + (1 - f) * min(model.static_w, busy_chip_w)
+    try:
+        return system_cost(chip, chips=system.count, chip_power_w=chip_w, throughput_per_s=items_per_s)
+    except PlatformError:
+        return None
 #: how requests reach the data-parallel replicas (serve_llm's ``routing``)
 ROUTINGS = ("round_robin", "least_pending")
 
@@ -116,6 +136,8 @@ class ServingReport(BaseModel):
     utilization: float = Field(description="fraction of the run the replicas were stepping")
     slo: SLO
     meets_slo: bool | None
+    cost: SystemCost | None = Field(default=None, description=(
+        "chip and wall power and cost of ownership at this operating point (items: output tokens)"))
     wall_s: float = Field(description="simulator wall time")
     notes: list[str] = Field(default_factory=list)
 
@@ -198,7 +220,7 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
     reqs = request_list or generate(requests, qps, dataset=dataset or DATASET_OF.get(model, "openorca"), seed=seed,
                                     prompt_tokens=prompt_tokens, output_tokens=output_tokens)
     records: list[RequestRecord] = []
-    busy, preempt, end = 0.0, 0, 0.0
+    busy, preempt, end, steps = 0.0, 0, 0.0, 0
     saturated: list[float | None] = []  # per replica: steady-state output tokens/s (Offline)
     # a pp-stage pipeline keeps pp micro-batches in flight: pp independent batches, each with a
     # pp-th of the replica's KV cache and the full (all-stage) step latency
@@ -215,6 +237,7 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
         if qps is None:
             saturated.append(_saturated_rate(recs))
         busy += stats.busy_s
+        steps += stats.steps
         preempt += stats.preemptions
         end = max(end, finish)
     done = [r for r in records if r.finish_s is not None]
@@ -235,6 +258,9 @@ def serve_llm(model: str, system: str | SystemSpec, *, qps: float | None, reques
         e2e_s=Percentiles.of([r.e2e_s for r in steady]), preemptions=preempt,
         kv_capacity_tokens_per_replica=plan.kv_capacity_tokens, utilization=min(1.0, busy / (duration * lanes)),
         slo=slo or SLO(), meets_slo=None, wall_s=0.0)
+    tokens_per_step = sum(r.request.prompt_tokens + r.request.output_tokens for r in done) / max(steps, 1) / plan.ep
+    rep.cost = serving_cost(sysspec, cost.busy_power_w(tokens_per_step) if done else None, rep.utilization,
+                            rep.output_tokens_per_s)
     if slo is not None:
         ok = rep.completed == rep.requests
         if slo.ttft_p99_s is not None:
@@ -272,6 +298,8 @@ class RankingReport(BaseModel):
     table_sharding: str = Field(default="table", description="'table' (whole tables per chip) or 'row' (rows split)")
     slo_p99_s: float | None = None
     meets_slo: bool | None = None
+    cost: SystemCost | None = Field(default=None, description=(
+        "chip and wall power and cost of ownership at this operating point (items: pairs or samples)"))
     wall_s: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,5 +349,9 @@ def serve_ranking_model(model: str, system: str | SystemSpec, *, qps: float | No
                             batch_timeout_s=batch_timeout_s, streams=streams, table_shards=cost.shards,
                             table_sharding=cost.scheme, slo_p99_s=slo_p99_s,
                             meets_slo=None if slo_p99_s is None else r.p99_latency_s <= slo_p99_s, wall_s=0.0)
+    load = rep.pairs_per_s / groups  # items per second per chip group
+    at = rep.mean_batch_pairs or batch_pairs
+    rep.cost = serving_cost(sysspec, cost.busy_power_w(at), load * cost.batch_s(round(at)) / at / streams,
+                            rep.pairs_per_s)
     rep.wall_s = time.perf_counter() - t0
     return rep

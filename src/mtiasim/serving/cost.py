@@ -32,6 +32,7 @@ from mtiasim.calibration import for_chip
 from mtiasim.chips import ChipSpec
 from mtiasim.compiler import CompileOptions, compile
 from mtiasim.compiler.quantize import activation_dtype
+from mtiasim.engines.result import Result
 from mtiasim.frontend import zoo
 from mtiasim.graph import Graph, Node, TensorSpec
 from mtiasim.graph.dtypes import nbytes
@@ -177,18 +178,27 @@ class LLMStepCost:
         return float(mem.value) if mem is not None else 0.0
 
     # ---- grids -----------------------------------------------------------------------------
-    def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
-        """(non-attention time, attention time) of a shard with ``n_layers`` layers over ``tokens`` tokens."""
+    def _program(self, n_layers: int, tokens: int) -> Result:
+        """A shard with ``n_layers`` layers run over ``tokens`` tokens (a prefill of that many)."""
         seq = min(tokens, 1024)  # dense work depends on the token count only; stay within context
         g, w = workload_graph(self.model, batch=tokens // seq, seq_len=seq, phase="prefill", n_layers=n_layers,
                               **self.shard)
         p = compile(g, self.chip, CompileOptions(dtype=self.dtype, kv_dtype=self.kv_dtype),
                     default_dtype=w.default_dtype)
-        r = run_program(p, self.engine, self.engine_options, model=w.name, phase="prefill", batch=w.batch,
-                        seq_len=seq, kv_len=None,
-                        dtype=self.dtype, items=tokens, item_unit="token")
+        return run_program(p, self.engine, self.engine_options, model=w.name, phase="prefill", batch=w.batch,
+                           seq_len=seq, kv_len=None, dtype=self.dtype, items=tokens, item_unit="token")
+
+    def _program_times(self, n_layers: int, tokens: int) -> tuple[float, float]:
+        """(non-attention time, attention time) of a shard with ``n_layers`` layers over ``tokens`` tokens."""
+        r = self._program(n_layers, tokens)
         attn = sum(o.time_s for o in r.ops if o.op == "attention")
         return r.latency_s - attn, attn
+
+    def busy_power_w(self, tokens: float) -> float | None:
+        """A chip's power while it steps ``tokens`` tokens at a time: that of a two-layer shard run
+        over them, the nearest whole number of 1,024-token rows above 1,024 (None: power unknown)."""
+        n = max(1, round(tokens))
+        return self._program(2, n if n <= 1024 else 1024 * round(n / 1024)).power_w
 
     @cached_property
     def _dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

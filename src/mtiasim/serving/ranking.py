@@ -188,7 +188,18 @@ class RankingBatchCost:
             exchange = reduce_scatter_s if tables.scheme == "row" else alltoall_s
             comm = exchange(chip, b * tables.exchanged_tables() * dim * act, s)
             times.append(sparse + comm + dense)
+        # a chip's power running each batch (sharded: its share of the batch), for serving_cost
+        self._power_w = [results[b if s == 1 else max(1, b // s)].power_w for b in grid]
         return np.array(grid, float), np.maximum.accumulate(np.array(times))
+
+    def busy_power_w(self, pairs: float) -> float | None:
+        """A chip's power while it runs a batch of ``pairs`` items (interpolated between the
+        simulated batches; None when the chip's power is unknown)."""
+        x, _ = self._grid
+        powers = getattr(self, "_power_w", None)  # absent when the grid was set from elsewhere
+        if powers is None or any(p is None for p in powers):
+            return None
+        return float(np.interp(pairs, x, np.array(powers, float)))
 
     def batch_s(self, pairs: int) -> float:
         x, y = self._grid

@@ -12,6 +12,7 @@ import torch
 
 from mtiasim.chips import ChipSpec
 from mtiasim.compiler.quantize import activation_dtype, compute_dtype
+from mtiasim.fleet import average_chip_power_w, system_cost
 from mtiasim.frontend import zoo
 from mtiasim.graph.dtypes import nbytes
 from mtiasim.system.spec import SystemSpec
@@ -164,6 +165,10 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
     energy = None if mb.energy_j is None or opt.energy_j is None else (
         replicas * mb.energy_j + sys_spec.count * opt.energy_j)
     samples_per_s = global_batch / step_s
+    chip_w = average_chip_power_w(chip, energy_j=energy, chips=sys_spec.count, duration_s=step_s,
+                                  static_counted_s=replicas * (mb.forward_s + mb.backward_s)
+                                  + sys_spec.count * opt.time_s)
+    run_cost = system_cost(chip, chips=sys_spec.count, chip_power_w=chip_w, throughput_per_s=samples_per_s)
     capacity = chip.dram.capacity_bytes.value or 0.0
     notes = list(job.notes)
     if capacity and memory.total > capacity:
@@ -182,7 +187,7 @@ def train(model_or_name: str | torch.nn.Module, system: str | SystemSpec = "mtia
         samples_per_s=samples_per_s, tokens_per_s=samples_per_s * job.seq_len if job.seq_len else None,
         model_flops_per_step=model_flops, mfu=model_flops / (step_s * sys_spec.count * peak) if peak else None,
         memory_per_chip_bytes=memory.total, memory_breakdown_bytes=memory, memory_capacity_bytes=capacity,
-        fits=not capacity or memory.total <= capacity, energy_per_step_j=energy,
+        fits=not capacity or memory.total <= capacity, energy_per_step_j=energy, cost=run_cost,
         samples_to_converge=samples_to_converge,
         time_to_train_s=samples_to_converge / samples_per_s if samples_to_converge else None, notes=notes)
 

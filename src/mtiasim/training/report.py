@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtiasim.fleet import SystemCost
 from mtiasim.training.memory import TrainingMemory
 
 
@@ -55,11 +56,21 @@ class TrainingReport(BaseModel):
     memory_capacity_bytes: float
     fits: bool
     energy_per_step_j: float | None = Field(description="chips' compute and memory energy; None when unknown")
+    cost: SystemCost | None = Field(default=None, description=(
+        "chip and wall power and cost of ownership while training (fleet.system_cost); None when unknown"))
     samples_to_converge: float | None = None
     time_to_train_s: float | None = None
     notes: list[str] = Field(default_factory=list)
 
+    @property
+    def cost_to_train_usd(self) -> float | None:
+        """What the samples to converge cost at the site's utilisation (fleet/tco.py)."""
+        if self.samples_to_converge is None or self.cost is None or not self.cost.items_per_usd:
+            return None
+        return self.samples_to_converge / self.cost.items_per_usd
+
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
         d["memory_breakdown_bytes"]["total"] = self.memory_breakdown_bytes.total
+        d["cost_to_train_usd"] = self.cost_to_train_usd
         return d
