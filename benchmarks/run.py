@@ -9,6 +9,8 @@ Serving issue:
 - a Server-scenario QPS search for llama2-70b on 8 GPUs: < 60 s
 - a serving run of 10,000 requests: < 10 s; wall time per 1,000 simulated requests at several
   loads (light, near capacity, overload, offline), growing linearly with the request count
+Fleet issue:
+- a mix of 6 workloads over 10 chip types plans in < 60 s
 The capture benchmark runs in a fresh subprocess (no cache) so its peak RSS is its own.
 Results are printed as a table and written to benchmarks/results/latest.json.
 """
@@ -138,6 +140,27 @@ def bench_train_search_405b() -> dict:
             "value_s": float(dt), "target_s": 60.0}
 
 
+FLEET = """
+import sys, time
+from mtiasim.fleet.mix import load_mix
+from mtiasim.fleet.planner import plan_fleet
+mix = load_mix(sys.argv[1])
+t = time.perf_counter()
+plan_fleet(mix)
+print(time.perf_counter() - t, len(mix.workloads), len(mix.chips))
+"""
+
+
+def bench_fleet() -> dict:
+    """``mtiasim fleet benchmarks/fleet_mix.yaml`` (6 workloads over 10 chip types) in a fresh
+    process: captures from the on-disk cache, serving cost grids built as it goes."""
+    out = subprocess.run([sys.executable, "-c", FLEET, str(HERE / "fleet_mix.yaml")], capture_output=True, text=True,
+                         check=True)
+    dt, workloads, chips = out.stdout.split()
+    return {"name": f"fleet plan, {workloads} workloads over {chips} chip types", "value_s": float(dt),
+            "target_s": 60.0}
+
+
 def bench_validate_training() -> dict:
     """``validate --training`` over the packaged MLPerf Training calibration CSV (164 rows)."""
     from mtiasim.validate.training import validate_training
@@ -195,7 +218,8 @@ def bench_batched_server() -> dict:
 def main() -> int:
     serving, scaling = bench_serving()
     rows = [bench_dlrm(), bench_llama(), bench_capture_405b(), bench_capture_hf_8b(), bench_train_405b(),
-            bench_train_search_405b(), bench_validate_training(), serving, bench_qps_search(), bench_batched_server()]
+            bench_train_search_405b(), bench_validate_training(), serving, bench_qps_search(), bench_batched_server(),
+            bench_fleet()]
     rows = [r for r in rows if r is not None]
     ok = True
     print(f"{'benchmark':70s} {'value':>10s} {'target':>10s}  ok")

@@ -494,6 +494,63 @@ def _train_search(model: str, system: str, global_batch: int | None, seq_len: in
     out.print(search_table(res))
 
 
+@app.command("fleet")
+def fleet_cmd(mix_file: str = typer.Argument(..., help="A workload mix (YAML): chips on offer, workloads with "
+                                              "traffic and targets, optional caps; see examples/mix.yaml."),
+              objective: str | None = typer.Option(None, "--objective", help="tco, power or carbon "
+                                                   "(default: the mix's objective)."),
+              cost: list[str] | None = typer.Option(None, "--cost", help=COST_HELP),
+              as_json: bool = typer.Option(False, "--json")):
+    """For each workload, the cheapest system (chip, count, plan) that meets its targets, every
+    alternative with why it loses, and the fleet total."""
+    from mtiasim.fleet.mix import MixError, load_mix
+    from mtiasim.fleet.planner import InfeasibleMix, plan_fleet
+
+    try:
+        mix = load_mix(mix_file)
+        if objective is not None:
+            if objective not in ("tco", "power", "carbon"):
+                raise ValueError(f"--objective must be tco, power or carbon, got {objective!r}")
+            mix = mix.model_copy(update={"objective": objective})
+        site = load_site(_overrides(cost, "--cost"))
+        with _progress(len(mix.workloads) * len(mix.chips)) as step:
+            plan = plan_fleet(mix, site=site, progress=step)
+    except (MixError, InfeasibleMix, ChipError, ValueError) as e:
+        _fail(e)
+    if as_json:
+        _dump(plan.model_dump(mode="json"))
+        return
+    from mtiasim.report.tables import fleet_tables
+
+    for t in fleet_tables(plan):
+        out.print(t)
+    if plan.capped:
+        out.print("[yellow]note:[/yellow] the caps changed the choice of at least one workload (solved as a "
+                  "mixed-integer program)", highlight=False)
+
+
+def _progress(total: int) -> Any:
+    """A rich progress bar on stderr; yields a callable that advances it with a description."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def bar():  # noqa: ANN202
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err, transient=True) as p:
+            task = p.add_task("planning", total=total)
+            done = 0
+
+            def step(desc: str) -> None:
+                nonlocal done
+                p.update(task, description=desc, completed=done)
+                done += 1
+
+            yield step
+    return bar()
+
+
 @app.command("validate")
 def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with the columns of "
                                                  "mlperf_calibration.csv (default: the packaged calibration set)."),

@@ -319,3 +319,38 @@ def search_table(res: Any) -> Table:
         t.caption = "not ranked: " + "; ".join(f"{why} ({n})" for why, n in res.rejected.items())
     return t
 
+
+def fleet_tables(plan: Any) -> list[Table]:
+    """A :class:`~mtiasim.fleet.planner.FleetPlan`: the choice per workload, every alternative with
+    why it loses, and the fleet total."""
+    obj = plan.objective
+    choice = Table(title=f"fleet plan (objective: {obj})")
+    for c in ("workload", "model", "chip", "chips", "plan", "$/h", "wall kW", "per $", "targets"):
+        choice.add_column(c, justify="right" if c in ("chips", "$/h", "wall kW", "per $") else "left")
+    for w in plan.workloads:
+        o = w.chosen
+        choice.add_row(w.workload, w.model, o.chip, str(o.count), o.plan or "", f"${o.usd_per_h:,.2f}",
+                       f"{o.wall_w / 1e3:.2f}", f"{si(o.cost.items_per_usd)} {o.item_unit}s", _metrics(o.metrics))
+    choice.add_row("fleet total", "", ", ".join(f"{c} x{n}" for c, n in plan.chips.items()), "", "",
+                   f"${plan.total(lambda o: o.usd_per_h):,.2f}", f"{plan.total(lambda o: o.wall_w) / 1e3:.2f}", "", "")
+    alts = Table(title="every chip per workload: its smallest system that meets the targets, and why it loses")
+    for c in ("workload", "chip", "chips", "$/h", "wall kW", "per $", "targets", "verdict"):
+        alts.add_column(c, justify="right" if c in ("chips", "$/h", "wall kW", "per $") else "left")
+    for w in plan.workloads:
+        for o in w.options:
+            alts.add_row(w.workload, o.chip, "-" if o.count is None else str(o.count),
+                         "-" if o.usd_per_h is None else f"${o.usd_per_h:,.2f}",
+                         "-" if o.wall_w is None else f"{o.wall_w / 1e3:.2f}",
+                         "-" if o.cost is None else f"{si(o.cost.items_per_usd)}", _metrics(o.metrics),
+                         w.why_not(o, obj))
+    return [choice, alts]
+
+
+def _metrics(m: dict[str, float | None]) -> str:
+    parts = []
+    for k, v in m.items():
+        if v is None or k == "mfu":
+            continue
+        name = k.removesuffix("_s").replace("_", " ")
+        parts.append(f"{name} {si(v, 's')}")
+    return ", ".join(parts)
