@@ -152,3 +152,21 @@ def test_fleet_command_prints_the_plan_and_json(tmp_path):
     assert d["workloads"][0]["chosen"]["cost"]["per_chip"]["energy_usd_per_h"] > 0
     bad = runner.invoke(app, ["fleet", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "cannot read mix file" in bad.output
+
+
+def test_a_training_job_is_sized_to_its_deadline():
+    """BERT-large, 2 M samples in 20 minutes: the smallest H100 system that finishes in time; half
+    of it would not."""
+    from mtiasim.fleet.mix import TrainingWorkload
+
+    w = TrainingWorkload(name="bert", kind="training", model="bert-large", samples=2e6, deadline_s=1200,
+                         global_batch=64, micro_batch=4)
+    opt = size(w, "h100-sxm-80gb", Mix(chips=["h100-sxm-80gb"], max_chips=16, workloads=[w]))
+    assert opt.feasible and opt.metrics["time_to_train_s"] <= 1200
+    assert opt.plan.startswith(f"TP=1 x PP=1 x DP={opt.count}")
+    from mtiasim.training import train
+
+    if opt.count > 1:
+        half = train("bert-large", f"h100-sxm-80gb:{opt.count // 2}", global_batch=64, micro_batch=4,
+                     zero_stage=1, samples_to_converge=2e6)
+        assert half.time_to_train_s > 1200

@@ -81,6 +81,8 @@ class TrainingWorkload(_Workload):
     samples: float = Field(gt=0, description="samples to converge")
     deadline_s: float = Field(gt=0)
     global_batch: int = Field(ge=1)
+    micro_batch: int | None = Field(default=None, ge=1, description="per rank (default: global / DP); fixing it "
+                                    "lets every candidate system reuse one captured training graph")
     seq_len: int | None = Field(default=None, ge=1)
     tp: int = Field(default=1, ge=1)
     pp: int = Field(default=1, ge=1)

@@ -172,7 +172,8 @@ class _Training:
         if n % (w.tp * w.pp):
             return False, None, f"{n} chips do not hold tp={w.tp} x pp={w.pp}"
         try:
-            rep = train(w.model, f"{chip}:{n}", global_batch=w.global_batch, seq_len=w.seq_len, tp=w.tp, pp=w.pp,
+            rep = train(w.model, f"{chip}:{n}", global_batch=w.global_batch, micro_batch=w.micro_batch,
+                        seq_len=w.seq_len, tp=w.tp, pp=w.pp,
                         zero_stage=w.zero_stage, samples_to_converge=w.samples)
         except ValueError as e:
             return _failed(e)
