@@ -24,7 +24,8 @@ demo: $(STAMP_RUN)
 	@mkdir -p $(OUT)
 	$(BIN)/mtiasim compare dlrm-v2 --chips mtia-200,mtia-300,h100-sxm-80gb,mi300x --plot $(OUT)/dlrm-v2.png
 	$(BIN)/mtiasim compare llama2-70b --chips mtia-400,h100-sxm-80gb,b200-sxm-180gb,mi300x --plot $(OUT)/llama2-70b.png
-	$(BIN)/mtiasim fleet examples/mix.yaml
+	$(BIN)/mtiasim report --fleet examples/mix.yaml -o $(OUT)/fleet.html
+	$(BIN)/mtiasim report dlrm-v2 --chips mtia-200,mtia-300,h100-sxm-80gb,mi300x -o $(OUT)/dlrm-v2.html
 
 test: $(STAMP_DEV)
 	$(BIN)/ruff check src tests benchmarks

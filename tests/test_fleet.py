@@ -170,3 +170,74 @@ def test_a_training_job_is_sized_to_its_deadline():
         half = train("bert-large", f"h100-sxm-80gb:{opt.count // 2}", global_batch=64, micro_batch=4,
                      zero_stage=1, samples_to_converge=2e6)
         assert half.time_to_train_s > 1200
+
+
+def _small_mix(**kw):
+    return Mix(chips=["mtia-200", "h100-sxm-80gb"], workloads=[
+        RankingWorkload(name="lc", kind="ranking", model="ranking-lc", qps=3000, p99_s=0.06),
+        RankingWorkload(name="hc", kind="ranking", model="ranking-hc", qps=500, p99_s=0.06)], **kw)
+
+
+def _summary(plan):
+    return [(w.workload, w.chosen.chip, w.chosen.count, round(w.chosen.usd_per_h, 9)) for w in plan.workloads]
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_a_point(tmp_path, monkeypatch):
+    from mtiasim.fleet import sizing
+    from mtiasim.fleet.store import Store
+
+    calls = []
+    real = sizing.evaluate_point
+
+    def counted(w, chip, n):
+        calls.append((w.name, chip, n))
+        return real(w, chip, n)
+
+    monkeypatch.setattr(sizing, "evaluate_point", counted)
+    full = plan_fleet(_small_mix())
+    total = len(calls)
+    assert total == len(set(calls)) > 4
+
+    calls.clear()
+    store = Store(tmp_path / "fleet.duckdb")
+    original_put = store.put
+
+    def put_then_die(w, chip, point):
+        original_put(w, chip, point)
+        if store.count() == total // 2:
+            raise KeyboardInterrupt  # killed halfway, after a point was kept
+
+    monkeypatch.setattr(store, "put", put_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        plan_fleet(_small_mix(), store=store)
+    store.close()
+    assert len(calls) == total // 2
+
+    calls.clear()
+    resumed = Store(tmp_path / "fleet.duckdb")
+    plan = plan_fleet(_small_mix(), store=resumed)
+    assert len(calls) == total - total // 2  # only the points not kept before the kill
+    assert resumed.count() == total
+    assert _summary(plan) == _summary(full)
+
+    calls.clear()
+    assert _summary(plan_fleet(_small_mix(), store=resumed)) == _summary(full) and calls == []
+    out = resumed.export(tmp_path / "points.parquet")
+    import duckdb
+
+    assert duckdb.sql(f"SELECT count(*) FROM '{out}'").fetchall()[0][0] == total
+
+
+def test_worker_processes_give_the_same_plan(tmp_path):
+    from mtiasim.fleet.store import Store
+
+    serial = plan_fleet(_small_mix())
+    store = Store(tmp_path / "p.duckdb")
+    parallel = plan_fleet(_small_mix(), jobs=2, store=store)
+    assert _summary(parallel) == _summary(serial)
+    assert store.count() > 4
+
+
+def test_a_local_ray_cluster_gives_the_same_plan():
+    pytest.importorskip("ray")
+    assert _summary(plan_fleet(_small_mix(), jobs=2, ray="local")) == _summary(plan_fleet(_small_mix()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -500,11 +501,19 @@ def fleet_cmd(mix_file: str = typer.Argument(..., help="A workload mix (YAML): c
               objective: str | None = typer.Option(None, "--objective", help="tco, power or carbon "
                                                    "(default: the mix's objective)."),
               cost: list[str] | None = typer.Option(None, "--cost", help=COST_HELP),
+              jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes for the sweep (the same plan "
+                                       "for any number)."),
+              ray: str | None = typer.Option(None, "--ray", help="Run the sweep on a Ray cluster: an address, "
+                                             "'auto', or 'local' (a local cluster of --jobs CPUs); needs mtiasim[ray]."),
+              store: str | None = typer.Option(None, "--store", help="A DuckDB file that keeps every evaluated "
+                                               "system as it completes: a rerun or a killed sweep resumes from it."),
+              export: str | None = typer.Option(None, "--export", help="Write every evaluated system as Parquet."),
               as_json: bool = typer.Option(False, "--json")):
     """For each workload, the cheapest system (chip, count, plan) that meets its targets, every
     alternative with why it loses, and the fleet total."""
     from mtiasim.fleet.mix import MixError, load_mix
     from mtiasim.fleet.planner import InfeasibleMix, plan_fleet
+    from mtiasim.fleet.store import Store
 
     try:
         mix = load_mix(mix_file)
@@ -513,8 +522,11 @@ def fleet_cmd(mix_file: str = typer.Argument(..., help="A workload mix (YAML): c
                 raise ValueError(f"--objective must be tco, power or carbon, got {objective!r}")
             mix = mix.model_copy(update={"objective": objective})
         site = load_site(_overrides(cost, "--cost"))
+        results = Store(store)
         with _progress(len(mix.workloads) * len(mix.chips)) as step:
-            plan = plan_fleet(mix, site=site, progress=step)
+            plan = plan_fleet(mix, site=site, progress=step, jobs=jobs, ray=ray, store=results)
+        if export:
+            results.export(export)
     except (MixError, InfeasibleMix, ChipError, ValueError) as e:
         _fail(e)
     if as_json:
@@ -539,16 +551,57 @@ def _progress(total: int) -> Any:
     def bar():  # noqa: ANN202
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err, transient=True) as p:
-            task = p.add_task("planning", total=total)
-            done = 0
+            task = p.add_task("working", total=total)
+            started = 0
 
-            def step(desc: str) -> None:
-                nonlocal done
-                p.update(task, description=desc, completed=done)
-                done += 1
+            def step(desc: str, completed: int | None = None, new_total: int | None = None) -> None:
+                """Describe the item now starting (counting the ones before it as done), or set
+                ``completed`` of ``new_total`` outright."""
+                nonlocal started
+                if completed is None:
+                    completed, started = started, started + 1
+                p.update(task, description=desc, completed=completed, total=new_total or p.tasks[0].total)
 
             yield step
     return bar()
+
+
+@app.command("report")
+def report_cmd(model: str | None = typer.Argument(None, help="Zoo model name (omit with --fleet)."),
+               chips: str = typer.Option("mtia-200,h100-sxm-80gb", "--chips", help="Comma-separated chip names."),
+               fleet: str | None = typer.Option(None, "--fleet", help="A workload mix (YAML): report its fleet plan."),
+               output: str = typer.Option("report.html", "-o", "--output", help="The HTML file to write."),
+               batch: int | None = typer.Option(None, "--batch", min=1),
+               seq_len: int | None = typer.Option(None, "--seq-len", min=1),
+               serving: bool = typer.Option(True, "--serving/--no-serving", help="Latency-against-load curves "
+                                            "from the serving simulator (the slow part)."),
+               cost: list[str] | None = typer.Option(None, "--cost", help=COST_HELP)):
+    """Write one self-contained HTML page (opens with no network): rooflines, per-kernel time and
+    energy, latency against load, perf/W and perf/TCO, and every chip number's source; or, with
+    --fleet, the fleet plan with every option and why it loses."""
+    from mtiasim.fleet.mix import MixError, load_mix
+    from mtiasim.fleet.planner import InfeasibleMix, plan_fleet
+    from mtiasim.report import page
+
+    try:
+        if (model is None) == (fleet is None):
+            raise ValueError("give a zoo model name or --fleet MIX.yaml (one of them)")
+        site = load_site(_overrides(cost, "--cost"))
+        if fleet is not None:
+            mix = load_mix(fleet)
+            with _progress(len(mix.workloads) * len(mix.chips)) as step:
+                html = page.fleet_report(plan_fleet(mix, site=site, progress=step))
+        else:
+            names = [c.strip() for c in chips.split(",") if c.strip()]
+            if not names:
+                raise ValueError("--chips names no chip; give a comma-separated list, e.g. mtia-200,h100-sxm-80gb")
+            with _progress(len(names) * (2 if serving else 1)) as step:
+                html = page.model_report(model, names, batch=batch, seq_len=seq_len, site=site, serving=serving,
+                                         progress=step)
+        path = page.write(html, output)
+    except (MixError, InfeasibleMix, ChipError, CaptureError, OpError, ValueError, KeyError) as e:
+        _fail(e)
+    out.print(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command("validate")
@@ -573,7 +626,8 @@ def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with 
     from mtiasim.validate import validate
 
     try:
-        rep = validate(data, jobs=jobs)
+        with _progress(1) as step:
+            rep = validate(data, jobs=jobs, progress=lambda k, n: step(f"rows predicted: {k}/{n}", k, n))
     except ValueError as e:
         _fail(e)
     if as_json:
@@ -585,11 +639,22 @@ def validate_cmd(data: str | None = typer.Option(None, "--data", help="CSV with 
         out.print(t)
 
 
+def _data_rows(data: str | None) -> int:
+    """Rows of the training CSV (for the progress bar; 0 when it cannot be read: validate says why)."""
+    from mtiasim.validate.training import default_data
+
+    try:
+        return max(0, len((Path(data) if data else default_data()).read_text(encoding="utf-8-sig").splitlines()) - 1)
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
 def _validate_training(data: str | None, as_json: bool) -> None:
     from mtiasim.validate.training import validate_training
 
     try:
-        rep = validate_training(data)
+        with _progress(_data_rows(data)) as step:
+            rep = validate_training(data, progress=step)
     except ValueError as e:
         _fail(e)
     if as_json:

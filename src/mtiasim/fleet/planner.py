@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mtiasim.fleet.mix import Mix, Objective
 from mtiasim.fleet.site import Site
-from mtiasim.fleet.sizing import Option, size
+from mtiasim.fleet.sizing import Option
+from mtiasim.fleet.store import Store
+from mtiasim.fleet.sweep import sweep
 
 
 class InfeasibleMix(ValueError):
@@ -90,17 +92,13 @@ def _allocate(mix: Mix, per_workload: list[list[Option]]) -> list[Option]:
     return [next(opts[j] for j in range(len(opts)) if x[i, j].value() > 0.5) for i, opts in enumerate(per_workload)]
 
 
-def plan_fleet(mix: Mix, site: Site | None = None, progress: Callable[[str], None] | None = None) -> FleetPlan:
+def plan_fleet(mix: Mix, site: Site | None = None, progress: Callable[[str], None] | None = None, *,
+               jobs: int = 1, ray: str | None = None, store: Store | None = None) -> FleetPlan:
     """Size every workload on every chip of the mix and choose (see module docstring); ``site``
-    prices the systems (default: ``data/fleet/site.yaml``)."""
-    plans_options = []
-    for w in mix.workloads:
-        options = []
-        for chip in mix.chips:
-            if progress:
-                progress(f"{w.name} on {chip}")
-            options.append(size(w, chip, mix, site))
-        plans_options.append(_ranked(options, mix.objective))
+    prices the systems (default: ``data/fleet/site.yaml``). ``jobs``, ``ray`` and ``store``: how the
+    sweep runs and where its points are kept (``fleet/sweep.py``)."""
+    swept = sweep(mix, site, jobs=jobs, ray=ray, store=store, progress=progress)
+    plans_options = [_ranked(options, mix.objective) for options in swept]
     per_workload = []
     for w, options in zip(mix.workloads, plans_options):
         within = [o for o in options if o.feasible and (o.chip not in mix.caps or (o.count or 0) <= mix.caps[o.chip])]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mtiasim.chips import load_chip
 from mtiasim.fleet import SystemCost, system_cost
 from mtiasim.fleet.mix import LLMWorkload, Mix, Objective, RankingWorkload, TrainingWorkload
-from mtiasim.fleet.site import Site
+from mtiasim.fleet.site import Site, load_site
 
 
 class Option(BaseModel):
@@ -50,6 +50,17 @@ class Option(BaseModel):
         return {"tco": self.usd_per_h, "power": self.wall_w, "carbon": self.kg_co2e_per_h}[objective]
 
 
+class Point(BaseModel):
+    """One evaluated system: ``n`` chips of one type for one workload, whether it met the targets,
+    why not, and (met) the option it gives. Points are what a results store keeps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int = Field(ge=1)
+    ok: bool
+    reason: str | None = None
+    option: Option | None = None
+
+
 #: evaluate(workload, chip, n) -> (targets met, report or None, reason when not)
 Evaluate = Callable[[Any, str, int], tuple[bool, Any, str | None]]
 SIZERS: dict[str, tuple[Evaluate, Callable[[Any, Any, str, int], Option]]] = {}
@@ -60,6 +71,13 @@ def sizer(kind: str) -> Callable:
         SIZERS[kind] = (cls.evaluate, cls.option)
         return cls
     return register
+
+
+def evaluate_point(workload: Any, chip: str, n: int) -> Point:
+    """Run ``workload`` on ``n`` chips of ``chip`` through its simulator."""
+    evaluate, option = SIZERS[workload.kind]
+    ok, rep, reason = evaluate(workload, chip, n)
+    return Point(n=n, ok=ok, reason=None if ok else reason, option=option(workload, rep, chip, n) if ok else None)
 
 
 def smallest(evaluate: Callable[[int], tuple[bool, Any, str | None]], max_n: int
@@ -89,16 +107,25 @@ def smallest(evaluate: Callable[[int], tuple[bool, Any, str | None]], max_n: int
     return hi, best, None
 
 
-def size(workload: Any, chip: str, mix: Mix, site: Site | None = None) -> Option:
+def size(workload: Any, chip: str, mix: Mix, site: Site | None = None,
+         known: dict[int, Point] | None = None, record: Callable[[Point], None] | None = None) -> Option:
     """The smallest system of ``chip`` that meets ``workload``'s targets, with its cost at ``site``
-    (default: ``data/fleet/site.yaml``)."""
-    evaluate, option = SIZERS[workload.kind]
-    n, rep, reason = smallest(lambda k: evaluate(workload, chip, k), mix.max_chips)
+    (default: ``data/fleet/site.yaml``). Points in ``known`` (by n) are not run again; each new
+    point is passed to ``record`` as soon as it is evaluated (a results store keeps it)."""
+    known = dict(known or {})
+
+    def point(k: int) -> tuple[bool, Any, str | None]:
+        p = known.get(k)
+        if p is None:
+            p = known[k] = evaluate_point(workload, chip, k)
+            if record is not None:
+                record(p)
+        return p.ok, p.option, p.reason
+
+    n, opt, reason = smallest(point, mix.max_chips)
     if n is None:
         return Option(workload=workload.name, chip=chip, feasible=False, reason=reason)
-    opt = option(workload, rep, chip, n)
-    if site is not None:
-        opt = priced(opt, site)
+    opt = priced(opt.model_copy(update={"workload": workload.name}), site or load_site())
     if opt.cost is None:
         return opt.model_copy(update={"feasible": False, "reason": "power or platform unknown, so no cost"})
     if opt.cost.usd_per_h is None:

@@ -12,6 +12,7 @@ import csv
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -204,36 +205,48 @@ def _shard_key(row: dict[str, str]) -> tuple:
             "maxq" in (row.get("system") or "").lower())
 
 
-def _predict_group(rows: list[dict[str, str]], indices: list[int]) -> list[tuple[int, float | None, str | None]]:
-    """Predict rows ``indices`` of ``rows`` with one memoising predictor (a worker's share)."""
+def _predict_group(rows: list[dict[str, str]], indices: list[int],
+                   done: Callable[[int], None] | None = None) -> list[tuple[int, float | None, str | None]]:
+    """Predict rows ``indices`` of ``rows`` with one memoising predictor (a worker's share);
+    ``done(1)`` after each row."""
     predictor = _Predictor()
-    return [(i, *predict_row(rows[i], predictor)) for i in indices]
+    out = []
+    for i in indices:
+        out.append((i, *predict_row(rows[i], predictor)))
+        if done is not None:
+            done(1)
+    return out
 
 
-def _predict_rows(rows: list[dict[str, str]], indices: list[int], jobs: int) -> dict[int, tuple]:
+def _predict_rows(rows: list[dict[str, str]], indices: list[int], jobs: int,
+                  done: Callable[[int], None] | None = None) -> dict[int, tuple]:
     """Predictions of rows ``indices``: in this process, or over ``jobs`` worker processes, each
     taking whole shards (``_shard_key``), largest first. Every prediction is seeded, so the result
-    does not depend on ``jobs``."""
+    does not depend on ``jobs``. ``done(n)`` reports rows finished (a shard at a time in workers)."""
     shards: dict[tuple, list[int]] = defaultdict(list)
     for i in indices:
         shards[_shard_key(rows[i])].append(i)
     if jobs == 1 or len(shards) < 2:
-        return {i: (p, r) for i, p, r in _predict_group(rows, indices)}
+        return {i: (p, r) for i, p, r in _predict_group(rows, indices, done)}
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     out: dict[int, tuple] = {}
     # spawn, not fork: a forked copy of a process that has loaded torch may deadlock
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_predict_group, rows, shard) for shard in sorted(shards.values(), key=len, reverse=True)]
-        for f in futures:
-            out.update({i: (p, r) for i, p, r in f.result()})
+        for f in as_completed(futures):
+            part = f.result()
+            out.update({i: (p, r) for i, p, r in part})
+            if done is not None:
+                done(len(part))
     return out
 
 
-def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
+def validate(path: str | Path | None = None, jobs: int = 1,
+             progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Predict every row of ``path`` (default: the packaged calibration set) over ``jobs``
-    processes (the same result for any number)."""
+    processes (the same result for any number). ``progress(done, total)`` follows the rows."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     path = Path(path) if path else default_data()
@@ -270,7 +283,15 @@ def validate(path: str | Path | None = None, jobs: int = 1) -> ValidationReport:
                                  reason=f"row {i + 2}: value {row['value']!r} is not a positive, finite number")
             continue
         measured[i] = value
-    preds = _predict_rows(rows, list(measured), jobs)
+    finished = 0
+
+    def done(n: int) -> None:
+        nonlocal finished
+        finished += n
+        if progress is not None:
+            progress(finished, len(measured))
+
+    preds = _predict_rows(rows, list(measured), jobs, done)
     results: list[RowResult] = []
     for i, row in enumerate(rows):
         if i in early:

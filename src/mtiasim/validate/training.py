@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -177,7 +178,10 @@ class _Predictor:
         return (train_s + eval_s(bench, converge, r)) / 60.0, how, None
 
 
-def validate_training(path: str | Path | None = None) -> TrainingValidation:
+def validate_training(path: str | Path | None = None,
+                      progress: Callable[[str], None] | None = None) -> TrainingValidation:
+    """Predict every row of ``path`` (default: the packaged MLPerf Training rows);
+    ``progress(description)`` as each row starts."""
     path = Path(path) if path is not None else default_data()
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -202,6 +206,8 @@ def validate_training(path: str | Path | None = None) -> TrainingValidation:
             results.append(TrainingRowResult(**base, measured_min=None, predicted_min=None, ape_pct=None,
                                              reason=f"time_to_train_min '{row['time_to_train_min']}' is not a positive number"))
             continue
+        if progress is not None:
+            progress(f"line {line}: {row['benchmark']} on {row['n_accel']} x {row['accelerator']}")
         pred, how, why = predict(row)
         ape = None if pred is None else abs(pred - measured) / measured * 100
         results.append(TrainingRowResult(**base, measured_min=measured, predicted_min=pred, ape_pct=ape,
