@@ -145,20 +145,44 @@ import sys, time
 from mtiasim.fleet.mix import load_mix
 from mtiasim.fleet.planner import plan_fleet
 mix = load_mix(sys.argv[1])
+copies = int(sys.argv[4])  # the mix repeated (renamed copies): copies x the points, the same kinds
+mix = mix.model_copy(update={"workloads": [w.model_copy(update={"name": f"{w.name}-{k}"})
+                                           for k in range(copies) for w in mix.workloads]})
+ray = None if sys.argv[3] == "none" else sys.argv[3]
 t = time.perf_counter()
-plan_fleet(mix)
+plan_fleet(mix, jobs=int(sys.argv[2]), ray=ray)
 print(time.perf_counter() - t, len(mix.workloads), len(mix.chips))
 """
+
+
+def _fleet(jobs: int = 1, ray: str = "none", copies: int = 1) -> tuple[float, str, str]:
+    out = subprocess.run([sys.executable, "-c", FLEET, str(HERE / "fleet_mix.yaml"), str(jobs), ray, str(copies)],
+                         capture_output=True, text=True, check=True)
+    dt, w, c = out.stdout.split()[-3:]
+    return float(dt), w, c
 
 
 def bench_fleet() -> dict:
     """``mtiasim fleet benchmarks/fleet_mix.yaml`` (6 workloads over 10 chip types) in a fresh
     process: captures from the on-disk cache, serving cost grids built as it goes."""
-    out = subprocess.run([sys.executable, "-c", FLEET, str(HERE / "fleet_mix.yaml")], capture_output=True, text=True,
-                         check=True)
-    dt, workloads, chips = out.stdout.split()
-    return {"name": f"fleet plan, {workloads} workloads over {chips} chip types", "value_s": float(dt),
-            "target_s": 60.0}
+    dt, workloads, chips = _fleet()
+    return {"name": f"fleet plan, {workloads} workloads over {chips} chip types", "value_s": dt, "target_s": 60.0}
+
+
+def bench_fleet_ray() -> list[dict]:
+    """The same sweep on a local Ray cluster of 2 workers (no slower than in one process), and the
+    mix twice over (twice the points: time in proportion, within 25%). Skipped without Ray."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return []
+    local, _, _ = _fleet()
+    once, _, _ = _fleet(2, "local", 1)
+    twice, _, _ = _fleet(2, "local", 2)
+    return [{"name": "fleet plan on a local Ray cluster of 2 workers (6 workloads)", "value_s": once,
+             "target_s": local},
+            {"name": "the same on Ray with the mix twice over (12 workloads; target 2.5x the 6)", "value_s": twice,
+             "target_s": once * 2.5}]
 
 
 def bench_validate_training() -> dict:
@@ -219,7 +243,7 @@ def main() -> int:
     serving, scaling = bench_serving()
     rows = [bench_dlrm(), bench_llama(), bench_capture_405b(), bench_capture_hf_8b(), bench_train_405b(),
             bench_train_search_405b(), bench_validate_training(), serving, bench_qps_search(), bench_batched_server(),
-            bench_fleet()]
+            bench_fleet(), *bench_fleet_ray()]
     rows = [r for r in rows if r is not None]
     ok = True
     print(f"{'benchmark':70s} {'value':>10s} {'target':>10s}  ok")

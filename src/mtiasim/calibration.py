@@ -13,8 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mtiasim.chips.schema import ChipSpec
+from mtiasim.fitted import check_fitted
 
-Status = Literal["published", "measured", "derived", "estimate"]
+Status = Literal["published", "measured", "derived", "estimate", "fitted"]
 
 
 class CalValue(BaseModel):
@@ -24,10 +25,14 @@ class CalValue(BaseModel):
     status: Status = "published"
     note: str | None = None
 
+    fitted_on: list[str] = Field(default_factory=list, description="status fitted: the rows or files it was "
+                                 "fitted to (mtiasim/fitted.py)")
+
     @model_validator(mode="after")
     def _estimate_has_reason(self) -> CalValue:
         if self.status == "estimate" and not self.note:
             raise ValueError("an estimate needs a note with its reasoning")
+        check_fitted(self.status, self.fitted_on)
         return self
 
 
@@ -53,6 +58,12 @@ class GemmPoint(BaseModel):
     source: str
     status: Status = "published"
     note: str | None = None
+    fitted_on: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fitted_names_its_data(self) -> GemmPoint:
+        check_fitted(self.status, self.fitted_on)
+        return self
 
 
 class EngineCalibration(BaseModel):

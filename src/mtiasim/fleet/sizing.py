@@ -161,8 +161,9 @@ class _Ranking:
 
     @staticmethod
     def option(w: RankingWorkload, rep: Any, chip: str, n: int) -> Option:
-        plan = (f"{n} chips, whole model on each" if rep.table_shards == 1 else
-                f"{n} chips, tables sharded {rep.table_sharding}-wise over {rep.table_shards}")
+        chips = f"{n} chip" + ("s" if n > 1 else "")
+        plan = (f"{chips}, whole model on each" if rep.table_shards == 1 else
+                f"{chips}, tables sharded {rep.table_sharding}-wise over {rep.table_shards}")
         return Option(workload=w.name, chip=chip, feasible=True, count=n, plan=plan, cost=rep.cost,
                       metrics={"p99_latency_s": rep.p99_latency_s, "p50_latency_s": rep.p50_latency_s},
                       items_per_s=rep.pairs_per_s, item_unit=rep.item_unit)

@@ -20,7 +20,7 @@ from mtiasim.fleet import load_site
 from mtiasim.fleet.site import Site
 from mtiasim.frontend import zoo
 from mtiasim.report import charts
-from mtiasim.report.tables import _walk
+from mtiasim.report.tables import sourced_fields
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -57,7 +57,7 @@ def sources_section(chips: Sequence[ChipSpec]) -> str:
         rows = [(path, "unknown" if s.value is None else f"{s.value:g}", s.status,
                  s.source + (f" ({s.note})" if s.note else ""),
                  "; ".join(f"{k}={'unknown' if v.value is None else f'{v.value:g}'}" for k, v in s.alternatives.items()))
-                for path, s in _walk(c)]
+                for path, s in sourced_fields(c)]
         parts.append(f"<details><summary>{html.escape(c.display_name)} ({c.name}): {len(rows)} numbers</summary>"
                      + _table(("field", "value", "status", "source", "alternatives"), rows) + "</details>")
     return "".join(parts)

@@ -160,32 +160,36 @@ def economics_table(r: Result, t: Any, swings: list[Any], typical_w: float | Non
 
 def chips_table(chips: Iterable[ChipSpec]) -> Table:
     t = Table(title="chip presets")
-    for c in ("name", "vendor", "kind", "bf16 dense", "fp8", "int8", "DRAM", "DRAM BW", "SRAM", "TDP"):
+    for c in ("name", "vendor", "kind", "bf16 dense", "fp8", "int8", "DRAM", "DRAM BW", "SRAM", "TDP", "price"):
         t.add_column(c, justify="left" if c in ("name", "vendor", "kind") else "right")
     for c in chips:
+        price = c.cost.capex_usd
         t.add_row(c.name, c.vendor, c.kind, si(c.peak("bf16"), "FLOP/s"), si(c.peak("fp8"), "FLOP/s"),
                   si(c.peak("int8"), "OP/s"), si(c.dram.capacity_bytes.value, "B"),
                   si(c.dram.bandwidth_bytes_per_s.value, "B/s"), si(c.sram_bytes or None, "B"),
-                  si(c.power.tdp_w.value, "W"))
+                  si(c.power.tdp_w.value, "W"),
+                  "n/a" if price.value is None else f"${price.value:,.0f}" + (" (est.)" if price.status == "estimate"
+                                                                              else ""))
     return t
 
 
-def _walk(obj: Any, prefix: str = "") -> Iterable[tuple[str, Sourced]]:
+def sourced_fields(obj: Any, prefix: str = "") -> Iterable[tuple[str, Sourced]]:
+    """Every sourced number under ``obj`` with its dotted path (a chip: every spec value)."""
     if isinstance(obj, Sourced):
         yield prefix, obj
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from sourced_fields(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(obj, BaseModel):
         for k in type(obj).model_fields:
-            yield from _walk(getattr(obj, k), f"{prefix}.{k}" if prefix else k)
+            yield from sourced_fields(getattr(obj, k), f"{prefix}.{k}" if prefix else k)
 
 
 def spec_table(chip: ChipSpec) -> Table:
     t = Table(title=f"{chip.display_name} ({chip.name}): every number with its source")
     for c in ("field", "value", "status", "source / note", "alternatives"):
         t.add_column(c, overflow="fold")
-    for path, s in _walk(chip):
+    for path, s in sourced_fields(chip):
         note = s.source + (f" — {s.note}" if s.note else "")
         alts = "; ".join(f"{k}={v.value:g}" if v.value is not None else f"{k}=unknown" for k, v in s.alternatives.items())
         t.add_row(path, "unknown" if s.value is None else f"{s.value:g}", s.status, note, alts)
@@ -227,6 +231,10 @@ def serving_table(rep: Any) -> Table:
     return kv_table(f"serving {rep.model} on {rep.system} ({rep.plan})", rows)
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def validation_tables(rep: Any) -> list[Table]:
     rows = Table(title=f"validation against {rep.source}: per row (predicted rows)")
     for c in ("round", "system", "accel", "n", "benchmark", "scenario", "metric", "measured", "predicted", "APE %"):
@@ -241,13 +249,14 @@ def validation_tables(rep: Any) -> list[Table]:
     for title, group in (("by kind", rep.by_kind), ("by benchmark", rep.by_benchmark),
                          ("by accelerator", rep.by_accelerator), ("by metric", rep.by_metric)):
         t = Table(title=f"totals {title}")
-        for c in ("group", "rows", "predicted", "coverage %", "MAPE %", "median APE %", "spread floor %"):
+        for c in ("group", "rows", "predicted", "coverage %", "MAPE %", "median APE %", "spread floor %",
+                  "MAPE % (rows fitted on)", "MAPE % (other rows)"):
             t.add_column(c, justify="left" if c == "group" else "right")
         for k, v in group.items():
-            t.add_row(k, str(v.rows), str(v.predicted), f"{v.coverage_pct:.0f}",
-                      "-" if v.mape_pct is None else f"{v.mape_pct:.1f}",
-                      "-" if v.median_ape_pct is None else f"{v.median_ape_pct:.1f}",
-                      "-" if v.floor_mape_pct is None else f"{v.floor_mape_pct:.1f}")
+            t.add_row(k, str(v.rows), str(v.predicted), f"{v.coverage_pct:.0f}", _pct(v.mape_pct),
+                      _pct(v.median_ape_pct), _pct(v.floor_mape_pct),
+                      f"{_pct(v.fitted_mape_pct)} ({v.fitted_predicted})",
+                      f"{_pct(v.unfitted_mape_pct)} ({v.unfitted_predicted})")
         out.append(t)
     tot = Table(title="overall", show_header=False)
     tot.add_column("k")
@@ -255,6 +264,10 @@ def validation_tables(rep: Any) -> list[Table]:
     tot.add_row("rows / predicted / coverage", f"{rep.rows} / {rep.predicted} / {rep.coverage_pct:.0f}%")
     tot.add_row("MAPE / median APE", f"{rep.mape_pct or 0:.1f}% / {rep.median_ape_pct or 0:.1f}%")
     tot.add_row("spread floor (best single value per configuration)", f"{rep.floor_mape_pct or 0:.1f}%")
+    t = rep.total
+    tot.add_row("rows a fitted value was fitted on: MAPE (rows)", f"{_pct(t.fitted_mape_pct)}% ({t.fitted_predicted})")
+    tot.add_row("other rows (out of sample): MAPE / median APE (rows)",
+                f"{_pct(t.unfitted_mape_pct)}% / {_pct(t.unfitted_median_ape_pct)}% ({t.unfitted_predicted})")
     reasons: dict[str, int] = {}
     for r in rep.by_row:
         if r.reason:

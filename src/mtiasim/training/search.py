@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -66,14 +66,18 @@ def layouts(model: str, system: SystemSpec, global_batch: int, micro_batches: Se
 
 
 def search(model: str, system: str | SystemSpec, global_batch: int, *, seq_len: int | None = None,
-           precision: str | None = None, optimizer: str = "adamw", top: int = 10) -> SearchResult:
-    """The ``top`` fastest layouts of ``model`` on ``system`` that fit in memory."""
+           precision: str | None = None, optimizer: str = "adamw", top: int = 10,
+           progress: Callable[[str, int, int], None] | None = None) -> SearchResult:
+    """The ``top`` fastest layouts of ``model`` on ``system`` that fit in memory;
+    ``progress(description, done, total)`` follows the layouts."""
     t0 = time.perf_counter()
     spec = system if isinstance(system, SystemSpec) else SystemSpec.parse(system)
     rejected: dict[str, int] = {}
     fitting: list[TrainingReport] = []
     candidates = layouts(model, spec, global_batch)
-    for layout in candidates:
+    for k, layout in enumerate(candidates):
+        if progress is not None:
+            progress(", ".join(f"{a}={v}" for a, v in layout.items()), k, len(candidates))
         try:
             r = train(model, spec, global_batch, seq_len=seq_len, precision=precision, optimizer=optimizer, **layout)
         except ValueError as e:

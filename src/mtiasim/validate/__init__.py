@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mtiasim.chips import list_chips
 from mtiasim.engines.measured import measured_file
+from mtiasim.fitted import fitted_on_row
 from mtiasim.frontend import zoo
 from mtiasim.serving.mlperf import MLPerfPrediction, benchmark_info, deployment_round, predict
 
@@ -49,6 +50,9 @@ class RowResult(BaseModel):
     reason: str | None = None
     # the row's APE under the best single value for all rows of its configuration (spread_floor)
     floor_ape_pct: float | None = None
+    # the fitted values (data file: key) that were fitted on this row (mtiasim/fitted.py): empty
+    # for a row nothing was fitted to, whose error is out of sample
+    fitted_on: list[str] = []
 
 
 class Summary(BaseModel):
@@ -61,6 +65,12 @@ class Summary(BaseModel):
     # the lowest MAPE any predictor giving one value per configuration could reach on these rows:
     # the part of the error that is the measurements' own spread (spread_floor)
     floor_mape_pct: float | None = None
+    # the same rows split: those a fitted value was fitted on (in sample) and the rest
+    fitted_predicted: int = 0
+    fitted_mape_pct: float | None = None
+    unfitted_predicted: int = 0
+    unfitted_mape_pct: float | None = None
+    unfitted_median_ape_pct: float | None = None
 
 
 class ValidationReport(BaseModel):
@@ -72,6 +82,7 @@ class ValidationReport(BaseModel):
     mape_pct: float | None
     median_ape_pct: float | None
     floor_mape_pct: float | None
+    total: Summary  # the same totals with the split into rows fitted on and not
     by_kind: dict[str, Summary]
     by_benchmark: dict[str, Summary]
     by_accelerator: dict[str, Summary]
@@ -86,10 +97,15 @@ def default_data() -> Path:
 def _summary(rs: list[RowResult]) -> Summary:
     apes = [r.ape_pct for r in rs if r.ape_pct is not None]
     floors = [r.floor_ape_pct for r in rs if r.floor_ape_pct is not None]
+    fitted = [r.ape_pct for r in rs if r.ape_pct is not None and r.fitted_on]
+    unfitted = [r.ape_pct for r in rs if r.ape_pct is not None and not r.fitted_on]
     return Summary(rows=len(rs), predicted=len(apes), coverage_pct=100.0 * len(apes) / len(rs) if rs else 0.0,
                    mape_pct=statistics.fmean(apes) if apes else None,
                    median_ape_pct=statistics.median(apes) if apes else None,
-                   floor_mape_pct=statistics.fmean(floors) if floors else None)
+                   floor_mape_pct=statistics.fmean(floors) if floors else None,
+                   fitted_predicted=len(fitted), fitted_mape_pct=statistics.fmean(fitted) if fitted else None,
+                   unfitted_predicted=len(unfitted), unfitted_mape_pct=statistics.fmean(unfitted) if unfitted else None,
+                   unfitted_median_ape_pct=statistics.median(unfitted) if unfitted else None)
 
 
 def spread_floor(measured: list[float]) -> tuple[float, list[float]]:
@@ -301,7 +317,7 @@ def validate(path: str | Path | None = None, jobs: int = 1,
         ape = abs(pred - measured[i]) / abs(measured[i]) * 100 if pred is not None and measured[i] else None
         if pred is not None and (ape is None or math.isnan(ape)):
             pred, reason = None, "measured value is zero"
-        results.append(RowResult(**row, prediction=pred, ape_pct=ape, reason=reason))
+        results.append(RowResult(**row, prediction=pred, ape_pct=ape, reason=reason, fitted_on=fitted_on_row(row)))
     _with_floors(results, rows)
     groups: dict[str, dict[str, list[RowResult]]] = {k: defaultdict(list) for k in ("kind", "benchmark", "accel", "metric")}
     for r, row in zip(results, rows):
@@ -315,7 +331,7 @@ def validate(path: str | Path | None = None, jobs: int = 1,
     return ValidationReport(
         source=str(path), rows=total.rows, predicted=total.predicted, coverage_pct=total.coverage_pct,
         mape_pct=total.mape_pct, median_ape_pct=total.median_ape_pct, floor_mape_pct=total.floor_mape_pct,
-        by_kind={k: _summary(v) for k, v in groups["kind"].items()},
+        total=total, by_kind={k: _summary(v) for k, v in groups["kind"].items()},
         by_benchmark={k: _summary(v) for k, v in groups["benchmark"].items()},
         by_accelerator={k: _summary(v) for k, v in groups["accel"].items()},
         by_metric={k: _summary(v) for k, v in groups["metric"].items()},
