@@ -402,3 +402,26 @@ def test_bad_input_gets_a_named_error(args, fragments):
     option or field, before any simulation runs."""
     out = fails_with(args, *fragments)
     assert "Traceback" not in out
+
+
+def test_a_model_without_operations_says_so():
+    import torch
+
+    import mtiasim
+
+    r = mtiasim.simulate(torch.nn.Identity(), chip="mtia-200", example_inputs=(torch.randn(4, 8),))
+    assert r.latency_s == 0 and r.ops == []
+    assert any("runs no operation on the chip" in n for n in r.notes)
+
+
+def test_a_batch_too_large_to_capture_names_the_size_problem():
+    res = runner.invoke(app, ["run", "dlrm-v2", "--batch", "1000000000000000"])
+    assert res.exit_code == 2
+    assert "more elements than a 64-bit count holds" in res.output
+
+
+def test_json_output_has_no_nan_or_infinity(capsys):
+    from mtiasim.cli.common import _dump
+
+    _dump({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf"), "e": 2.5}})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.0, None], "c": {"d": None, "e": 2.5}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -41,8 +42,20 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: JSON has no literal for them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _dump(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """``--json`` output: valid JSON (non-finite numbers become null)."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def _print(table: Any, notes: list[str]) -> None:

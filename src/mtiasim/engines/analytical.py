@@ -202,6 +202,9 @@ class AnalyticalEngine:
             power = energy / latency if latency > 0 else static
             perf_w = thr / power if power > 0 else 0.0
         notes = list(self.p.notes) + self.notes
+        if not kernels:
+            notes.append("the model runs no operation on the chip (its outputs are its inputs or constants): "
+                         "nothing to time, so latency and throughput are 0")
         if e is not None and e.static_w >= e.tdp_w:
             notes.append(f"power cap {e.tdp_w:.0f} W (TDP) is below the chip's static power {e.static_w:.0f} W; "
                          "it cannot be met")

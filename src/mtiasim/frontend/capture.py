@@ -116,10 +116,11 @@ def capture(module: torch.nn.Module, example_inputs: Sequence[Any], *, name: str
         ep = torch.export.export(module, tuple(example_inputs), strict=False)
     except Exception as e:  # torch raises many types; keep its message, which names the user line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CaptureError(
-            f"torch.export could not trace {type(module).__name__}: {type(e).__name__}: {first}\n"
-            "(data-dependent control flow or shapes cannot be captured statically; see the traceback above)"
-        ) from e
+        hint = ("a tensor of these sizes has more elements than a 64-bit count holds: use a smaller batch or "
+                "sequence" if "overflow" in first.lower() else
+                "data-dependent control flow or shapes cannot be captured statically; see the traceback above")
+        raise CaptureError(f"torch.export could not trace {type(module).__name__}: {type(e).__name__}: {first}\n"
+                           f"({hint})") from e
     return lower(decompose_unlowered(ep), name=name or type(module).__name__, allow_cpu_fallback=allow_cpu_fallback)
 
 
