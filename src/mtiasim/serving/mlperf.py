@@ -42,14 +42,14 @@ SERVER_OVERRIDES = ("max_num_seqs", "max_num_batched_tokens", "max_prefill_chunk
 #: an MLPerf Server run lasts at least this long (mlcommons/inference loadgen mlperf.conf:
 #: *.Server.min_duration = 600000 ms); a Server probe of the QPS search lasts as long, so that a
 #: load whose queue grows slowly fails as it would in the real run (3,000-request probes passed
-#: the Offline rate itself: BENCHMARKS.md, session 16)
+#: the Offline rate itself: BENCHMARKS.md)
 SERVER_MIN_DURATION_S = 600.0
 #: requests one replica serves in a probe: 600 s of its arrivals, within these bounds. The upper one
 #: only guards the search's time: 60,000 is 600 s at 100 requests/s, above every replica of the
 #: calibration set (Mixtral on one H100: ~54/s; llama3.1-8b: ~47/s). It was 12,000 (600 s at 20/s)
 #: until session 22, which cut those probes to 220-250 s: a queue growing at 99% of the Offline rate
 #: stayed under the TTFT bound in that time and the search ended on the knee (Mixtral on 4 H100s:
-#: p99 TTFT 1.83 s at the operating point, 0.56 s with 600 s probes; BENCHMARKS.md session 22)
+#: p99 TTFT 1.83 s at the operating point, 0.56 s with 600 s probes; BENCHMARKS.md)
 SERVER_PROBE_REQUESTS = (1_000, 60_000)
 #: a Server probe of a deployment that routes each request to the least-loaded engine
 #: (``server_routing: least_pending``) simulates this many of its replicas together, fed their
@@ -62,7 +62,7 @@ LEAST_PENDING_PROBE_REPLICAS = 4
 #: small batches settle long before that. Until session 24 a probe was 400 full batches (at least
 #: 20,000 queries): 3-7 s of arrivals, in which a queue at the knee has not yet grown to what a
 #: 600 s run shows (bert-99 on 8 H100s at the model's operating point: p99 59 ms in 50,000
-#: queries, 71 ms in 400,000, 100 ms in 2,000,000; measured 76-130 ms; BENCHMARKS.md session 24)
+#: queries, 71 ms in 400,000, 100 ms in 2,000,000; measured 76-130 ms; BENCHMARKS.md)
 SERVER_PROBE_QUERIES = (20_000, 2_000_000)
 SERVER_PROBE_BATCHES = 100_000
 #: independent runs (arrival streams drawn with seeds seed, seed+1, ...) that must each meet the
@@ -70,14 +70,14 @@ SERVER_PROBE_BATCHES = 100_000
 #: accepted load is that percentile's median over the runs (``median_report``). Near the knee one
 #: run's p99 TTFT is a draw from a wide distribution: the v4.1 Mixtral Server rows (the same
 #: TensorRT-LLM configs on 8 H100-SXM, loads within 1.1% of each other) report p99 TTFTs from 421 to
-#: 1,908 ms, and the model's runs at one load spread as widely (BENCHMARKS.md, session 26). A load
+#: 1,908 ms, and the model's runs at one load spread as widely (BENCHMARKS.md). A load
 #: that passes once by luck is not a result a submitter can publish: it has to pass again in the
 #: tuning reruns that choose the target QPS and whenever the result is rerun in review. Requiring
 #: all N runs to pass accepts loads whose single-run pass probability p has p**N >= ~1/2: p >= 0.87
 #: for N = 5 (0.79 for three, sessions 26-27). Five read the submitters' operating points better
 #: than three: Mixtral on 4 H100s, whose two logs ran at 95-96% of their Offline rates with p99
 #: TTFTs of 328-355 ms, is predicted at 412 ms (1,010 with three runs), and the p99 latency MAPE of
-#: `mtiasim validate` falls from 28.0% to 26.0% (BENCHMARKS.md, session 27). Session 26 tried five
+#: `mtiasim validate` falls from 28.0% to 26.0% (BENCHMARKS.md). Session 26 tried five
 #: with a search that re-probed a failing first load and saw llama3.1-405b's Server row collapse;
 #: with plain bisection it lands at 217 tokens/s (measured 277; 253 with three runs).
 SERVER_RUNS = 5
@@ -131,7 +131,7 @@ def median_report(runs: list[ServingReport]) -> ServingReport:
     ms bound against 454 ms of 2 s TTFT), so the reported TTFT p99 was whichever that run drew.
     A measured row is one run, a draw from the same spread, and the prediction that errs least
     on such a draw (absolute percentage error) is a median-like centre of its distribution: the
-    median of each statistic, not one run's. BENCHMARKS.md, session 34."""
+    median of each statistic, not one run's. BENCHMARKS.md."""
     mid = runs[len(runs) // 2]
     return mid.model_copy(update={
         key: Percentiles(**{f: _median([getattr(getattr(r, key), f) for r in runs])

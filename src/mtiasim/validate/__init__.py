@@ -197,7 +197,7 @@ def predict_row(row: dict[str, str], predictor: _Predictor) -> tuple[float | Non
         # raised the load until the bounds nearly bound). At a submission's load relative to its
         # own Offline rate the model is far from its knee, since its Server/Offline ratio is above
         # the measured one: llama2-70b on H100 ran ~840 sequences in 155 ms steps per TP2 replica
-        # at 88% of Offline, where the model runs ~180 in 41 ms (BENCHMARKS.md, session 19).
+        # at 88% of Offline, where the model runs ~180 in 41 ms (BENCHMARKS.md).
         pred = predictor.get(key, system, scenario, **run)
     except ValueError as e:  # e.g. the model does not fit, or unknown scenario bounds
         return None, str(e)
