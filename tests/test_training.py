@@ -495,3 +495,21 @@ def test_layout_search_ranks_fitting_layouts():
     assert all(r.step_time_s >= r.model_flops_per_step / (8 * peak) for r in res.ranked)
     with pytest.raises(ValueError, match="decoder LLMs"):
         search("dlrm-v2", "h100-sxm-80gb:8", 1024)
+
+
+def test_a_zoo_model_refuses_inputs_and_a_loss_it_would_ignore():
+    with pytest.raises(ValueError, match="example_inputs and loss_fn apply to a module you pass"):
+        mtiasim.train("bert-large", "h100-sxm-80gb:1", example_inputs=(torch.zeros(1, 8),),
+                      loss_fn=lambda out, *inputs: out.sum())
+
+
+def test_virtual_stages_from_the_command_line_divide_the_bubble():
+    """Megatron's interleaved schedule: v model chunks per stage cut the 1F1B bubble by v."""
+    args = ["train", "llama3.1-8b", "--system", "h100-sxm-80gb:8", "--global-batch", "64", "--seq-len", "2048",
+            "--pp", "4", "--micro-batch", "1", "--json"]
+    bubbles = []
+    for v in ("1", "2"):
+        res = CliRunner().invoke(app, [*args, "--virtual-stages", v])
+        assert res.exit_code == 0, res.output
+        bubbles.append(json.loads(res.output)["breakdown_s"]["pipeline_bubble"])
+    assert bubbles[1] == pytest.approx(bubbles[0] / 2, rel=0.02)

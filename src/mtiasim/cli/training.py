@@ -34,6 +34,8 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
               tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree (zoo decoders); the other "
                                      "chips are data-parallel ranks."),
               pp: int = typer.Option(1, "--pp", min=1, help="Pipeline stages (zoo decoders; 1F1B schedule)."),
+              virtual_stages: int = typer.Option(1, "--virtual-stages", min=1, help="Model chunks per pipeline "
+                                                 "stage (Megatron's interleaved 1F1B; needs --pp > 1)."),
               recompute: str = typer.Option("none", "--recompute", help="Activation recompute: none or full."),
               lora_rank: int | None = typer.Option(None, "--lora-rank", min=1, help="Freeze the model and train "
                                                    "rank-r LoRA adapters on its qkv_proj and o_proj."),
@@ -53,7 +55,8 @@ def train_cmd(model: str = typer.Argument(..., help="Zoo model name (see `mtiasi
         return
     try:
         r = train(model, system=system, global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len,
-                  optimizer=optimizer, precision=precision, zero_stage=zero, tp=tp, pp=pp, recompute=recompute,
+                  optimizer=optimizer, precision=precision, zero_stage=zero, tp=tp, pp=pp,
+                  virtual_stages=virtual_stages, recompute=recompute,
                   lora_rank=lora_rank, samples_to_converge=samples_to_converge, engine=engine)
     except (ChipError, CaptureError, OpError, ValueError, KeyError) as e:
         _fail(e)

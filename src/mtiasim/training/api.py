@@ -56,6 +56,10 @@ def _trainee(model_or_name: Any, *, dp: int, tp: int, global_batch: int | None, 
              seq_len: int | None, example_inputs: Sequence[Any] | None, loss_fn: LossFn | None,
              lora_rank: int | None, lora_targets: Sequence[str]) -> Trainee:
     if isinstance(model_or_name, str):
+        given = [n for n, v in (("example_inputs", example_inputs), ("loss_fn", loss_fn)) if v is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} apply to a module you pass; the zoo model {model_or_name!r} "
+                             "builds its own inputs and loss (from micro_batch and seq_len)")
         entry = zoo.get(model_or_name)
         if micro_batch is None:
             micro_batch = global_batch // dp if global_batch and global_batch % dp == 0 else entry.default_batch
