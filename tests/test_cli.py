@@ -425,3 +425,10 @@ def test_json_output_has_no_nan_or_infinity(capsys):
 
     _dump({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf"), "e": 2.5}})
     assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.0, None], "c": {"d": None, "e": 2.5}}
+
+
+def test_serving_options_for_batched_models_are_refused_on_an_llm():
+    res = runner.invoke(app, ["serve", "llama2-70b", "--system", "h100-sxm-80gb:8", "--qps", "1", "--p99", "60ms",
+                              "--batch-pairs", "512"])
+    assert res.exit_code == 2
+    assert "--p99, --batch-pairs apply to batched models; llama2-70b is an LLM" in " ".join(res.output.split())

@@ -109,8 +109,12 @@ def serve(model: str = typer.Argument(..., help="Zoo LLM name (see `mtiasim mode
         _serve_ranking(model, system, qps, requests, seed, dtype, batch_pairs, batch_timeout, streams, latency_p99,
                        as_json, stack)
         return
-    if streams != 1:
-        _fail(ValueError(f"--streams applies to batched models; {model} is an LLM"))
+    batched_only = {"--streams": streams != 1, "--p99": latency_p99, "--batch-pairs": batch_pairs != 65536,
+                    "--batch-timeout": batch_timeout != "10ms"}
+    given = [flag for flag, v in batched_only.items() if v]
+    if given:
+        _fail(ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to batched models; {model} "
+                         "is an LLM (its SLOs are --ttft-p99 and --tpot-p99; its batching --max-batch and --max-tokens)"))
     try:
         _check_stack(stack, system)
         sched = default_scheduler(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, beams=beams,
