@@ -241,3 +241,28 @@ def test_worker_processes_give_the_same_plan(tmp_path):
 def test_a_local_ray_cluster_gives_the_same_plan():
     pytest.importorskip("ray")
     assert _summary(plan_fleet(_small_mix(), jobs=2, ray="local")) == _summary(plan_fleet(_small_mix()))
+
+
+def test_every_recorded_flip_is_real_and_the_chosen_chip_wins_elsewhere():
+    """Re-price the feasible systems at each flip's range end by hand: the named chip is cheapest
+    there. At the defaults the chosen chip is cheapest. A lone feasible chip never flips."""
+    from mtiasim.chips.loader import override_sourced
+    from mtiasim.fleet.robustness import flips
+
+    mix = Mix(chips=["mtia-200", "mi300x", "h100-sxm-80gb"], workloads=[
+        RankingWorkload(name="hc", kind="ranking", model="ranking-hc", qps=2000, p99_s=0.06)])
+    site = load_site()
+    w = plan_fleet(mix, site=site).workloads[0]
+    feasible = [o for o in w.options if o.feasible]
+    for f in w.flips:
+        if f.parameter.endswith(" price"):
+            chip = f.parameter.removesuffix(" price")
+            repriced = [priced(o, site, {"cost.capex_usd": f"alt:{f.end}"} if o.chip == chip else None)
+                        for o in feasible]
+        else:
+            moved = site.model_copy(update={f.parameter: override_sourced(getattr(site, f.parameter),
+                                                                          f"alt:{f.end}", f.end)})
+            repriced = [priced(o, moved) for o in feasible]
+        assert min(repriced, key=lambda o: o.usd_per_h).chip == f.winner != w.chosen.chip
+    assert min(feasible, key=lambda o: o.usd_per_h).chip == w.chosen.chip
+    assert flips([w.chosen], w.chosen, site, "tco") == []

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from mtiasim.fleet.mix import Mix, Objective
-from mtiasim.fleet.site import Site
+from mtiasim.fleet.robustness import Flip, flips
+from mtiasim.fleet.site import Site, load_site
 from mtiasim.fleet.sizing import Option
 from mtiasim.fleet.store import Store
 from mtiasim.fleet.sweep import sweep
@@ -29,6 +30,8 @@ class WorkloadPlan(BaseModel):
     model: str
     chosen: Option
     options: list[Option] = Field(description="every chip, best first; infeasible ones last with their reason")
+    flips: list[Flip] = Field(default_factory=list, description="cost-input range ends at which another chip "
+                              "would win (fleet/robustness.py); empty: the choice holds over every documented range")
 
     def why_not(self, option: Option, objective: Objective) -> str:
         """Why ``option`` lost to the chosen one."""
@@ -112,6 +115,8 @@ def plan_fleet(mix: Mix, site: Site | None = None, progress: Callable[[str], Non
     over = any(sum(o.count or 0 for o in greedy if o.chip == c) > cap for c, cap in mix.caps.items())
     if over:
         chosen = _allocate(mix, per_workload)
-    workloads = [WorkloadPlan(workload=w.name, kind=w.kind, model=w.model, chosen=c, options=opts)
+    site = site or load_site()
+    workloads = [WorkloadPlan(workload=w.name, kind=w.kind, model=w.model, chosen=c, options=opts,
+                              flips=flips(opts, c, site, mix.objective))
                  for w, c, opts in zip(mix.workloads, chosen, plans_options)]
     return FleetPlan(objective=mix.objective, workloads=workloads, caps=dict(mix.caps), capped=over)

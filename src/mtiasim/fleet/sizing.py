@@ -134,12 +134,13 @@ def size(workload: Any, chip: str, mix: Mix, site: Site | None = None,
     return opt
 
 
-def priced(opt: Option, site: Site) -> Option:
-    """``opt`` with its system's cost recomputed at ``site`` (same chips, power and throughput)."""
+def priced(opt: Option, site: Site, chip_overrides: dict[str, Any] | None = None) -> Option:
+    """``opt`` with its system's cost recomputed at ``site`` (same chips, power and throughput),
+    its chip's description changed by ``chip_overrides`` (e.g. ``{"cost.capex_usd": "alt:high"}``)."""
     if opt.cost is None or not opt.items_per_s or opt.count is None:
         return opt
     return opt.model_copy(update={"cost": system_cost(
-        load_chip(opt.chip), chips=opt.count, chip_power_w=opt.cost.chip_power_w,
+        load_chip(opt.chip, chip_overrides), chips=opt.count, chip_power_w=opt.cost.chip_power_w,
         throughput_per_s=opt.items_per_s, site=site)})
 
 

@@ -20,7 +20,7 @@ from mtiasim.fleet import load_site
 from mtiasim.fleet.site import Site
 from mtiasim.frontend import zoo
 from mtiasim.report import charts
-from mtiasim.report.tables import sourced_fields
+from mtiasim.report.tables import flip_text, sourced_fields
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -137,6 +137,8 @@ def fleet_report(plan: Any) -> str:
                     [(w.workload, w.model, w.chosen.chip, w.chosen.count, w.chosen.plan, w.chosen.usd_per_h,
                       w.chosen.wall_w, ", ".join(f"{k} {v:.3g}" for k, v in w.chosen.metrics.items() if v is not None))
                      for w in plan.workloads])
+    robust = _table(("workload", "chosen", "another chip wins when"),
+                    [(w.workload, w.chosen.chip, flip_text(w.flips)) for w in plan.workloads])
     options = _table(("workload", "chip", "chips", "$/h", "facility W", "per $", "verdict"),
                      [(w.workload, o.chip, o.count, o.usd_per_h, o.wall_w,
                        None if o.cost is None else o.cost.items_per_usd, w.why_not(o, obj))
@@ -147,7 +149,10 @@ def fleet_report(plan: Any) -> str:
     specs = [load_chip(c) for c in sorted({o.chip for w in plan.workloads for o in w.options})]
     return _page(f"fleet plan (objective: {obj})", [
         "<h2>The choice per workload</h2>", chosen, total, _figure(charts.fleet_options(plan)),
-        "<h2>Every option and why it loses</h2>", options, sources_section(specs)])
+        "<h2>Every option and why it loses</h2>", options,
+        "<h2>How robust each choice is</h2><p>Each site parameter and each chip's price moved to the low "
+        "and high end of its documented range, the others at their defaults; caps not applied.</p>", robust,
+        sources_section(specs)])
 
 
 def write(page: str, path: str | Path) -> Path:

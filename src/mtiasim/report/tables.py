@@ -356,7 +356,19 @@ def fleet_tables(plan: Any) -> list[Table]:
                          "-" if o.wall_w is None else f"{o.wall_w / 1e3:.2f}",
                          "-" if o.cost is None else f"{si(o.cost.items_per_usd)}", _metrics(o.metrics),
                          w.why_not(o, obj))
-    return [choice, alts]
+    robust = Table(title="how robust each choice is: every documented cost range end at which another chip wins")
+    for c in ("workload", "chosen", "another chip wins when"):
+        robust.add_column(c)
+    for w in plan.workloads:
+        robust.add_row(w.workload, w.chosen.chip, flip_text(w.flips))
+    return [choice, alts, robust]
+
+
+def flip_text(flips: list[Any]) -> str:
+    """``Flip``s as one line (or that the choice holds over every documented range)."""
+    if not flips:
+        return "none: the choice holds over every documented range"
+    return "; ".join(f"{f.parameter} at its {f.end} end ({f.value:g}): {f.winner}" for f in flips)
 
 
 def _metrics(m: dict[str, float | None]) -> str:
