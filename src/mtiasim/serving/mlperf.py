@@ -47,7 +47,7 @@ SERVER_MIN_DURATION_S = 600.0
 #: requests one replica serves in a probe: 600 s of its arrivals, within these bounds. The upper one
 #: only guards the search's time: 60,000 is 600 s at 100 requests/s, above every replica of the
 #: calibration set (Mixtral on one H100: ~54/s; llama3.1-8b: ~47/s). It was 12,000 (600 s at 20/s)
-#: until session 22, which cut those probes to 220-250 s: a queue growing at 99% of the Offline rate
+#: until the probes were cut to 220-250 s: a queue growing at 99% of the Offline rate
 #: stayed under the TTFT bound in that time and the search ended on the knee (Mixtral on 4 H100s:
 #: p99 TTFT 1.83 s at the operating point, 0.56 s with 600 s probes; BENCHMARKS.md)
 SERVER_PROBE_REQUESTS = (1_000, 60_000)
@@ -59,7 +59,7 @@ LEAST_PENDING_PROBE_REPLICAS = 4
 #: probe: SERVER_MIN_DURATION_S of its arrivals, within these bounds (the upper one only guards
 #: the search's time and memory: 2,000,000 is 290 s of a bert group at the knee, 31 s of a DLRM-v2
 #: one and 23 s of a ResNet-50 one), and at most SERVER_PROBE_BATCHES batches: a light load's many
-#: small batches settle long before that. Until session 24 a probe was 400 full batches (at least
+#: small batches settle long before that. Earlier a probe was 400 full batches (at least
 #: 20,000 queries): 3-7 s of arrivals, in which a queue at the knee has not yet grown to what a
 #: 600 s run shows (bert-99 on 8 H100s at the model's operating point: p99 59 ms in 50,000
 #: queries, 71 ms in 400,000, 100 ms in 2,000,000; measured 76-130 ms; BENCHMARKS.md)
@@ -74,20 +74,20 @@ SERVER_PROBE_BATCHES = 100_000
 #: that passes once by luck is not a result a submitter can publish: it has to pass again in the
 #: tuning reruns that choose the target QPS and whenever the result is rerun in review. Requiring
 #: all N runs to pass accepts loads whose single-run pass probability p has p**N >= ~1/2: p >= 0.87
-#: for N = 5 (0.79 for three, sessions 26-27). Five read the submitters' operating points better
+#: for N = 5 (0.79 for three, the earlier count). Five read the submitters' operating points better
 #: than three: Mixtral on 4 H100s, whose two logs ran at 95-96% of their Offline rates with p99
 #: TTFTs of 328-355 ms, is predicted at 412 ms (1,010 with three runs), and the p99 latency MAPE of
-#: `mtiasim validate` falls from 28.0% to 26.0% (BENCHMARKS.md). Session 26 tried five
+#: `mtiasim validate` falls from 28.0% to 26.0% (BENCHMARKS.md). Five were first tried
 #: with a search that re-probed a failing first load and saw llama3.1-405b's Server row collapse;
 #: with plain bisection it lands at 217 tokens/s (measured 277; 253 with three runs).
 SERVER_RUNS = 5
 #: a run whose tightest p99 is at most this fraction of its bound accepts its load alone, sparing
-#: the search the other runs (speed only: every probe logged in session 26 at such a load had all
+#: the search the other runs (speed only: every probe logged at such a load had all
 #: its runs within +-25% of each other); the reported latencies are still medians over SERVER_RUNS
 #: runs, completed at the accepted load when needed
 SURE_PASS_SLACK = 0.5
 #: the same for the batched benchmarks (dlrm-v2, bert, resnet50): one run. Three were tried
-#: (session 26) and moved their p99s away from the logs: at its knee the model's batcher is
+#: and moved their p99s away from the logs: at its knee the model's batcher is
 #: critically loaded, and a run either keeps a short queue throughout or, after one excursion,
 #: holds a long one for the rest of its 600 s (bert-99.9 on 8 H100s at 56,867 q/s: seed 0 p99
 #: 126 ms, mean batch 70; seeds 1 and 2 14.5 ms, mean batch 46). The median of three fell in the
@@ -550,7 +550,7 @@ def predict_llm(benchmark: str, system: str | SystemSpec, scenario: str = "Offli
                             combine=median_report)
         lo, hi = (cap, cap) if best is not None else (0.0, cap)
         for _ in range(search_steps if best is None else 0):
-            mid = (lo + hi) / 2  # (until session 26, a first load that failed was probed again at every step)
+            mid = (lo + hi) / 2  # (a first load that failed is not probed again at every step)
             rep = reliable_run(lambda s, q=mid: probe_run(q, s), ok, slack, seed, sure_slack=SURE_PASS_SLACK,
                                combine=median_report)
             if rep is not None:
