@@ -101,3 +101,10 @@ def test_a_headless_browser_renders_every_chart(model_page, tmp_path):
     assert all(b and b["width"] > 100 and b["height"] > 100 for b in sizes)
     assert all(n > 0 for n in marks), marks
     assert shot.stat().st_size > 10_000
+
+
+def test_options_of_the_other_report_kind_are_refused():
+    res = runner.invoke(app, ["report", "dlrm-v2", "--store", "x.duckdb", "-o", "/tmp/x.html"])
+    assert res.exit_code == 2 and "--store applies to --fleet; not used here" in " ".join(res.output.split())
+    res = runner.invoke(app, ["report", "--fleet", "examples/mix.yaml", "--batch", "8", "--no-serving"])
+    assert res.exit_code == 2 and "--batch, --no-serving apply to a model report" in " ".join(res.output.split())

@@ -91,6 +91,13 @@ def report_cmd(model: str | None = typer.Argument(None, help="Zoo model name (om
     try:
         if (model is None) == (fleet is None):
             raise ValueError("give a zoo model name or --fleet MIX.yaml (one of them)")
+        other = ({"--jobs": jobs != 1, "--store": store} if fleet is None else
+                 {"--batch": batch, "--seq-len": seq_len, "--no-serving": not serving,
+                  "--chips": chips != "mtia-200,h100-sxm-80gb"})
+        unused = [flag for flag, v in other.items() if v]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to "
+                             f"{'--fleet' if fleet is None else 'a model report'}; not used here")
         site = load_site(_overrides(cost, "--cost"))
         if fleet is not None:
             mix = load_mix(fleet)

@@ -153,9 +153,8 @@ def run(model: str | None = typer.Argument(None, help="Zoo model name (see `mtia
 
 def _economics(spec: Any, r: Any, site: Any) -> tuple[Any, list[Any], list[str]]:
     """Wall power, cost of ownership and its sensitivity for one result; notes say what is missing."""
-    from mtiasim.fleet import economics
+    from mtiasim.fleet import economics, idle_chip_w
     from mtiasim.fleet.sensitivity import sensitivity
-    from mtiasim.power import energy_model
     from mtiasim.power.platform import PlatformError, platform_for
 
     try:
@@ -164,8 +163,8 @@ def _economics(spec: Any, r: Any, site: Any) -> tuple[Any, list[Any], list[str]]
         return None, [], [str(e)]
     if t is None:
         return None, [], []
-    idle = min(energy_model(spec).static_w, r.power_w)
-    swings = sensitivity(spec, platform_for(spec), site, busy_chip_w=r.power_w, idle_chip_w=idle,
+    swings = sensitivity(spec, platform_for(spec), site, busy_chip_w=r.power_w,
+                         idle_chip_w=idle_chip_w(spec, r.power_w) or 0.0,
                          throughput_per_s=r.throughput_per_s)
     return t, swings, list(t.notes)
 

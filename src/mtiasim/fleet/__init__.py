@@ -11,7 +11,15 @@ from mtiasim.fleet.tco import Tco, tco
 from mtiasim.power import energy_model
 from mtiasim.power.platform import platform_for
 
-__all__ = ["Site", "SystemCost", "Tco", "average_chip_power_w", "economics", "load_site", "system_cost", "tco"]
+__all__ = ["Site", "SystemCost", "Tco", "average_chip_power_w", "economics", "idle_chip_w", "load_site",
+           "system_cost", "tco"]
+
+
+def idle_chip_w(chip: ChipSpec, busy_chip_w: float) -> float | None:
+    """The chip's power between batches or steps: its static power, never above its busy power
+    (None when its power is unknown)."""
+    model = energy_model(chip)
+    return None if model is None else min(model.static_w, busy_chip_w)
 
 
 def economics(chip: ChipSpec, *, chip_power_w: float | None, throughput_per_s: float,
@@ -19,11 +27,11 @@ def economics(chip: ChipSpec, *, chip_power_w: float | None, throughput_per_s: f
     """Wall power and cost of ownership of one ``chip`` running at ``chip_power_w`` (an engine's
     ``Result.power_w``) and ``throughput_per_s``, in its preset's platform. None when the chip's
     power is unknown (no TDP)."""
-    model = energy_model(chip)
-    if chip_power_w is None or model is None:
+    idle = None if chip_power_w is None else idle_chip_w(chip, chip_power_w)
+    if chip_power_w is None or idle is None:
         return None
-    return tco(chip, platform_for(chip), site or load_site(), busy_chip_w=chip_power_w,
-               idle_chip_w=min(model.static_w, chip_power_w), throughput_per_s=throughput_per_s)
+    return tco(chip, platform_for(chip), site or load_site(), busy_chip_w=chip_power_w, idle_chip_w=idle,
+               throughput_per_s=throughput_per_s)
 
 
 class SystemCost(BaseModel):

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtiasim.fleet import SystemCost, system_cost
-from mtiasim.power import energy_model
+from mtiasim.fleet import SystemCost, idle_chip_w, system_cost
 from mtiasim.power.platform import PlatformError
 from mtiasim.serving.cost import LLMStepCost, check_expert_parallel
 from mtiasim.serving.llm import (
@@ -38,11 +37,11 @@ def serving_cost(system: SystemSpec, busy_chip_w: float | None, busy_fraction: f
     ``busy_chip_w`` while they step (or run a batch) and static power for the rest of the run
     (``busy_fraction`` of it busy). None when the chip's power or platform is unknown."""
     chip = system.load_chip()
-    model = energy_model(chip)
-    if busy_chip_w is None or model is None or items_per_s <= 0:
+    idle = None if busy_chip_w is None else idle_chip_w(chip, busy_chip_w)
+    if busy_chip_w is None or idle is None or items_per_s <= 0:
         return None
     f = min(max(busy_fraction, 0.0), 1.0)
-    chip_w = f * busy_chip_w + (1 - f) * min(model.static_w, busy_chip_w)
+    chip_w = f * busy_chip_w + (1 - f) * idle
     try:
         return system_cost(chip, chips=system.count, chip_power_w=chip_w, throughput_per_s=items_per_s)
     except PlatformError:
